@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * phxfs.h - LibPhoenix, the public C API of Phoenix.
+ *
+ * Phoenix moves file data between storage and device (GPU) memory. Where the
+ * phxfs kernel module serves a device, reads and writes are O_DIRECT I/O on a
+ * user mapping of the device memory itself: the NVMe controller DMAs straight
+ * into device memory. Everywhere else (no module, a VM, a file system without
+ * O_DIRECT) the library moves the data through pinned host memory with a
+ * parallel pipeline (the "compat" path) and counts which path ran.
+ *
+ * Conventions: every call returns 0 (or a byte count) on success and -1 with
+ * errno set on failure; phxfs_last_error() then holds a message for humans.
+ * The library never prints. All calls are thread safe.
+ *
+ * Device ids: when CUDA GPUs are present, device id N is CUDA device N.
+ * Otherwise ids count the /dev/phxfsN nodes of the kernel module; a machine
+ * with neither has one device, 0, whose memory is host memory.
+ */
+#ifndef PHXFS_H
+#define PHXFS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PHXFS_VERSION_MAJOR 0
+#define PHXFS_VERSION_MINOR 1
+#define PHXFS_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Driver management (the seed's signatures)                                 */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * phxfs_open() - open a device and set up its metadata.
+ * Opens /dev/phxfsN where the kernel module serves the device. Opening an
+ * already open device is allowed and counted; each open needs a close.
+ * Errors: ENODEV no such device; EPROTO module speaks another ABI version;
+ * EACCES the device node cannot be opened (see phxfs_last_error()).
+ */
+int phxfs_open(int deviceID);
+
+/**
+ * phxfs_close() - undo one phxfs_open(). The last close deregisters every
+ * region still registered on the device and releases its resources.
+ * Errors: ENODEV no such device; EBADF the device is not open.
+ */
+int phxfs_close(int deviceID);
+
+/* ------------------------------------------------------------------------ */
+/* Buffer management (the seed's signatures)                                 */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * phxfs_regmem() - register [addr, addr + len) of device memory.
+ * @addr: a CUDA device pointer (CUDA devices), an offset into the BAR cast to
+ *        a pointer (pcibar devices of the kernel module), or host memory.
+ * @target_addr: receives the host-mapped address of addr: one contiguous
+ *        mapping of the whole range, whatever its size. Where the direct path
+ *        cannot serve the device, *target_addr is set to addr itself.
+ * The range may start and end anywhere; the library widens it to the
+ * device's page size internally and keeps the caller's offsets exact.
+ * Errors: ENODEV, EBADF (device not open), EINVAL (NULL target_addr, zero
+ * length, range overflows), EEXIST (overlaps a registered range), EFAULT (not
+ * memory of this device), ENOMEM.
+ */
+int phxfs_regmem(int device_id, const void *addr, size_t len,
+		 void **target_addr);
+
+/**
+ * phxfs_deregmem() - deregister a range registered with phxfs_regmem().
+ * addr and len must be exactly those given to phxfs_regmem().
+ * Errors: ENODEV, EBADF, EINVAL (no registration with that addr and len).
+ */
+int phxfs_deregmem(int device_id, const void *addr, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* File I/O                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* A file as Phoenix sees it: any open fd, and the device whose memory it
+ * moves data to and from. */
+typedef struct phxfs_fileid {
+	int fd;
+	int deviceID;
+} phxfs_fileid_t;
+
+/**
+ * phxfs_read() - read nbyte bytes at file offset f_offset into buf + buf_offset.
+ * @buf: device memory (registered or not), or host memory; the kind of memory
+ *       is detected from the pointer.
+ * Any fd works: opened with or without O_DIRECT, any offset and length, files
+ * with holes (read as zeros), more than 2 GiB in one call.
+ * Returns the number of bytes read, short only at end of file, or -1.
+ * Errors: EBADF (bad fd, fd not open for reading, device not open), ENODEV,
+ * EINVAL (negative offsets, overflowing ranges), EFAULT (buf not usable),
+ * EIO, and ENOTSUP in PHXFS_MODE_DIRECT when the direct path cannot serve.
+ */
+ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset,
+		   size_t nbyte, off_t f_offset);
+
+/**
+ * phxfs_write() - write nbyte bytes from buf + buf_offset at file offset
+ * f_offset. Returns nbyte or -1; errors as phxfs_read() (EBADF when fd is not
+ * open for writing).
+ */
+ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_offset,
+		    size_t nbyte, off_t f_offset);
+
+/* ------------------------------------------------------------------------ */
+/* Configuration                                                             */
+/* ------------------------------------------------------------------------ */
+
+enum phxfs_mode {
+	PHXFS_MODE_AUTO = 0,   /* direct where the module serves, else compat */
+	PHXFS_MODE_DIRECT = 1, /* direct only: fail with ENOTSUP otherwise */
+	PHXFS_MODE_COMPAT = 2, /* always through pinned host memory */
+};
+
+/*
+ * Tunables. Defaults come from the environment (PHXFS_MODE=auto|direct|compat,
+ * PHXFS_THREADS, PHXFS_CHUNK_KB, PHXFS_STAGING_MB) and else from built-in
+ * values; phxfs_set_config() overrides both. Set size = sizeof(struct) before
+ * phxfs_get_config()/phxfs_set_config().
+ */
+struct phxfs_config {
+	uint32_t size;
+	uint32_t mode;		/* enum phxfs_mode */
+	uint32_t threads;	/* compat workers (1..256) */
+	uint32_t reserved;
+	uint64_t chunk_bytes;	/* compat pipeline chunk, 4 KiB multiple */
+	uint64_t staging_bytes;	/* pinned staging memory in all, per device */
+};
+
+int phxfs_get_config(struct phxfs_config *cfg);
+int phxfs_set_config(const struct phxfs_config *cfg);
+
+/* ------------------------------------------------------------------------ */
+/* Devices, counters and errors                                              */
+/* ------------------------------------------------------------------------ */
+
+enum phxfs_device_kind {
+	PHXFS_DEVICE_HOST = 0,	 /* host memory stands in for a device */
+	PHXFS_DEVICE_CUDA = 1,	 /* a CUDA GPU */
+	PHXFS_DEVICE_PCIBAR = 2, /* a BAR served by phxfs.ko's pcibar provider */
+};
+
+struct phxfs_device_info {
+	uint32_t size;		/* in: sizeof(struct phxfs_device_info) */
+	uint32_t kind;		/* enum phxfs_device_kind */
+	int32_t direct;		/* 1: the direct path can serve this device */
+	int32_t kmod_index;	/* N of /dev/phxfsN, -1 when none */
+	char name[64];		/* "NVIDIA H200", "pcibar 0000:00:03.0", "host" */
+	char pci_bus_id[16];	/* "0000:3b:00.0", empty for host */
+	char why_not_direct[128]; /* empty when direct == 1 */
+};
+
+/* Number of devices, or -1. */
+int phxfs_device_count(void);
+int phxfs_device_get_info(int device_id, struct phxfs_device_info *info);
+
+enum phxfs_path {
+	PHXFS_PATH_DIRECT = 0, /* O_DIRECT on the mapped device memory */
+	PHXFS_PATH_COMPAT = 1, /* through pinned host staging memory */
+	PHXFS_PATH_COUNT = 2,
+};
+
+struct phxfs_path_stats {
+	uint64_t read_bytes;
+	uint64_t read_calls;
+	uint64_t read_ns;
+	uint64_t write_bytes;
+	uint64_t write_calls;
+	uint64_t write_ns;
+};
+
+struct phxfs_stats {
+	uint32_t size;		/* in: sizeof(struct phxfs_stats) */
+	uint32_t reserved;
+	struct phxfs_path_stats path[PHXFS_PATH_COUNT];
+	uint64_t errors;
+	uint64_t registrations;	/* registrations now active */
+	uint64_t fallbacks;	/* requests (or parts) auto mode sent to compat */
+};
+
+/* Counters of one device since load or the last reset. */
+int phxfs_get_stats(int device_id, struct phxfs_stats *stats);
+int phxfs_reset_stats(int device_id);
+
+/* The message of the last failed call on this thread ("" if none). */
+const char *phxfs_last_error(void);
+
+/* Human name of a path or mode, for reports. */
+const char *phxfs_path_name(enum phxfs_path path);
+const char *phxfs_mode_name(enum phxfs_mode mode);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PHXFS_H */

@@ -1,0 +1,161 @@
+// The public C API: argument checks, then the device layer; every failure
+// becomes -1, errno and a last-error message.
+#include "config.hpp"
+#include "device.hpp"
+#include "error.hpp"
+
+#include <phxfs/phxfs.h>
+
+#include <limits>
+
+using namespace phxfs;
+
+#define PHXFS_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+template <typename T> void check_struct(const T *p, const char *what) {
+    if (!p)
+        fail(EINVAL, std::string(what) + " is NULL");
+    if (p->size < sizeof(T))
+        fail(EINVAL, std::string(what) + "->size is " + std::to_string(p->size) + ", expected " +
+                         std::to_string(sizeof(T)) + " (set it to sizeof)");
+}
+
+void check_io(off_t buf_offset, size_t nbyte, off_t f_offset) {
+    constexpr auto max = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
+    if (buf_offset < 0 || f_offset < 0)
+        fail(EINVAL, "negative offset");
+    if (nbyte > max || static_cast<uint64_t>(f_offset) > max - nbyte)
+        fail(EINVAL, "file range overflows");
+    if (nbyte > static_cast<uint64_t>(std::numeric_limits<ssize_t>::max()))
+        fail(EINVAL, "nbyte too large");
+}
+
+} // namespace
+
+PHXFS_API int phxfs_open(int deviceID) {
+    return c_call([&] {
+        device(deviceID).open();
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_close(int deviceID) {
+    return c_call([&] {
+        device(deviceID).close();
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_regmem(int device_id, const void *addr, size_t len, void **target_addr) {
+    return c_call([&] {
+        if (!target_addr)
+            fail(EINVAL, "target_addr is NULL");
+        *target_addr = device(device_id).regmem(addr, len);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_deregmem(int device_id, const void *addr, size_t len) {
+    return c_call([&] {
+        device(device_id).deregmem(addr, len);
+        return 0;
+    });
+}
+
+PHXFS_API ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset, size_t nbyte,
+                             off_t f_offset) {
+    return c_call([&]() -> ssize_t {
+        check_io(buf_offset, nbyte, f_offset);
+        return static_cast<ssize_t>(device(fid.deviceID).read(
+            fid.fd, static_cast<char *>(buf) + buf_offset, nbyte, f_offset));
+    });
+}
+
+PHXFS_API ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_offset,
+                              size_t nbyte, off_t f_offset) {
+    return c_call([&]() -> ssize_t {
+        check_io(buf_offset, nbyte, f_offset);
+        return static_cast<ssize_t>(device(fid.deviceID).write(
+            fid.fd, static_cast<const char *>(buf) + buf_offset, nbyte, f_offset));
+    });
+}
+
+PHXFS_API int phxfs_get_config(struct phxfs_config *cfg) {
+    return c_call([&] {
+        check_struct(cfg, "cfg");
+        const Config c = config();
+        cfg->mode = c.mode;
+        cfg->threads = c.threads;
+        cfg->chunk_bytes = c.chunk_bytes;
+        cfg->staging_bytes = c.staging_bytes;
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_set_config(const struct phxfs_config *cfg) {
+    return c_call([&] {
+        check_struct(cfg, "cfg");
+        Config c;
+        c.mode = static_cast<phxfs_mode>(cfg->mode);
+        c.threads = cfg->threads;
+        c.chunk_bytes = cfg->chunk_bytes;
+        c.staging_bytes = cfg->staging_bytes;
+        set_config(c);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_device_count(void) {
+    return c_call([] { return static_cast<int>(devices().size()); });
+}
+
+PHXFS_API int phxfs_device_get_info(int device_id, struct phxfs_device_info *info) {
+    return c_call([&] {
+        check_struct(info, "info");
+        device(device_id).info(*info);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_get_stats(int device_id, struct phxfs_stats *stats) {
+    return c_call([&] {
+        check_struct(stats, "stats");
+        device(device_id).stats(*stats);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_reset_stats(int device_id) {
+    return c_call([&] {
+        device(device_id).reset_stats();
+        return 0;
+    });
+}
+
+PHXFS_API const char *phxfs_last_error(void) { return last_error().c_str(); }
+
+PHXFS_API const char *phxfs_path_name(enum phxfs_path path) {
+    switch (path) {
+    case PHXFS_PATH_DIRECT:
+        return "direct";
+    case PHXFS_PATH_COMPAT:
+        return "compat";
+    default:
+        return "unknown";
+    }
+}
+
+PHXFS_API const char *phxfs_mode_name(enum phxfs_mode mode) {
+    switch (mode) {
+    case PHXFS_MODE_AUTO:
+        return "auto";
+    case PHXFS_MODE_DIRECT:
+        return "direct";
+    case PHXFS_MODE_COMPAT:
+        return "compat";
+    default:
+        return "unknown";
+    }
+}

@@ -1,0 +1,233 @@
+#include "compat.hpp"
+
+#include "config.hpp"
+#include "error.hpp"
+#include "workers.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+namespace phxfs {
+
+namespace {
+
+// A request cut into chunks whose boundaries are multiples of the chunk size
+// in file space, so every chunk but the first and last is O_DIRECT aligned
+// and each chunk, widened to 4 KiB, still fits one staging buffer.
+struct Plan {
+    uint64_t off, end, chunk;
+    size_t nchunks;
+
+    Plan(uint64_t off_, uint64_t end_, uint64_t chunk_) : off(off_), end(end_), chunk(chunk_) {
+        const uint64_t first = align_down(off, chunk);
+        nchunks = static_cast<size_t>((end - first + chunk - 1) / chunk);
+    }
+    uint64_t begin_of(size_t i) const { return i == 0 ? off : align_down(off, chunk) + i * chunk; }
+    uint64_t end_of(size_t i) const { return std::min(end, align_down(off, chunk) + (i + 1) * chunk); }
+};
+
+// State shared by the participants of one request.
+class Job {
+  public:
+    explicit Job(const FileInfo &f) : file(f) {}
+
+    std::optional<size_t> grab(size_t nchunks) {
+        if (failed_.load(std::memory_order_relaxed))
+            return std::nullopt;
+        const size_t i = next_.fetch_add(1);
+        return i < nchunks ? std::optional(i) : std::nullopt;
+    }
+    void set_error(std::exception_ptr e) {
+        std::lock_guard lock(m_);
+        if (!error_)
+            error_ = e;
+        failed_ = true;
+    }
+    void note_short(uint64_t data_end) {
+        std::lock_guard lock(m_);
+        short_at_ = std::min(short_at_, data_end);
+    }
+    void rethrow() const {
+        if (error_)
+            std::rethrow_exception(error_);
+    }
+    uint64_t short_at() const { return short_at_; }
+
+    // The same file without O_DIRECT, for unaligned edges and file systems
+    // that refuse O_DIRECT for a request. Opened once per request, on need.
+    int buffered_fd() {
+        std::call_once(twin_once_, [this] { twin_ = reopen_fd(file.fd, false); });
+        return twin_.get();
+    }
+
+    const FileInfo &file;
+
+  private:
+    std::atomic<size_t> next_{0};
+    std::atomic<bool> failed_{false};
+    std::mutex m_;
+    std::exception_ptr error_;
+    uint64_t short_at_ = UINT64_MAX;
+    std::once_flag twin_once_;
+    UniqueFd twin_;
+};
+
+bool is_einval(const Error &e) { return e.err() == EINVAL; }
+
+// Reads [a, b) into staging so that staging offset == file offset mod 4 KiB;
+// returns the bytes of [a, b) now in staging + (a mod 4 KiB).
+size_t read_chunk(Job &job, char *stg, uint64_t a, uint64_t b) {
+    const uint64_t rs = align_down(a, kAlign);
+    const size_t skew = a - rs;
+    if (job.file.direct) {
+        try {
+            const size_t got = pread_full(job.file.fd, stg, align_up(b, kAlign) - rs, rs);
+            return std::min<size_t>(got > skew ? got - skew : 0, b - a);
+        } catch (const Error &e) {
+            if (!is_einval(e))
+                throw;
+        }
+    }
+    const int fd = job.file.direct ? job.buffered_fd() : job.file.fd;
+    return pread_full(fd, stg + skew, b - a, a);
+}
+
+// Writes [a, b) from staging laid out as read_chunk() lays it out.
+void write_chunk(Job &job, const char *stg, uint64_t a, uint64_t b) {
+    const uint64_t base = align_down(a, kAlign);
+    const uint64_t ma = align_up(a, kAlign), mb = align_down(b, kAlign);
+    if (job.file.direct && ma < mb) {
+        try {
+            pwrite_full(job.file.fd, stg + (ma - base), mb - ma, ma);
+            if (a < ma)
+                pwrite_full(job.buffered_fd(), stg + (a - base), ma - a, a);
+            if (mb < b)
+                pwrite_full(job.buffered_fd(), stg + (mb - base), b - mb, mb);
+            return;
+        } catch (const Error &e) {
+            if (!is_einval(e))
+                throw;
+        }
+    }
+    const int fd = job.file.direct ? job.buffered_fd() : job.file.fd;
+    pwrite_full(fd, stg + (a - base), b - a, a);
+}
+
+} // namespace
+
+// Runs loop(lane, stream) on as many participants as the request can use.
+// The caller always gets a lane (waiting if need be); pool workers join only
+// when a lane is free, so a busy system degrades to fewer lanes, not deadlock.
+template <typename ChunkLoop>
+void CompatEngine::run(size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop) {
+    const Config cfg = config();
+    const unsigned width = static_cast<unsigned>(std::min<size_t>(cfg.threads, nchunks));
+    const auto caller = std::this_thread::get_id();
+    run_parallel(width, [&] {
+        const bool is_caller = std::this_thread::get_id() == caller;
+        auto lane = is_caller ? lanes_.acquire(chunk_bytes, cfg.staging_bytes)
+                              : lanes_.try_acquire(chunk_bytes, cfg.staging_bytes);
+        if (!lane)
+            return;
+        LaneLease lease(lanes_, std::move(lane));
+        Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
+        loop(*lease, stream);
+    });
+}
+
+size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t n, uint64_t off) {
+    uint64_t end = off + n;
+    if (file.size)
+        end = std::min<uint64_t>(end, std::max<uint64_t>(*file.size, off));
+    if (end == off)
+        return 0;
+    const Plan plan(off, end, config().chunk_bytes);
+    Job job(file);
+    char *dst = static_cast<char *>(buf);
+
+    run(plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
+        int cur = 0;
+        bool pending = false; // a copy out of the other staging buffer is in flight
+        try {
+            while (auto i = job.grab(plan.nchunks)) {
+                const uint64_t a = plan.begin_of(*i), b = plan.end_of(*i);
+                char *stg = static_cast<char *>(lane.staging[cur].get());
+                const size_t got = read_chunk(job, stg, a, b);
+                if (got < b - a)
+                    job.note_short(a + got);
+                if (pending)
+                    stream.wait();
+                pending = false;
+                if (got) {
+                    stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
+                    pending = true;
+                }
+                cur ^= 1;
+            }
+            if (pending)
+                stream.wait();
+        } catch (...) {
+            if (pending)
+                try {
+                    stream.wait();
+                } catch (...) {
+                }
+            job.set_error(std::current_exception());
+        }
+    });
+    job.rethrow();
+    return static_cast<size_t>(std::min(job.short_at(), end) - off);
+}
+
+void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, size_t n,
+                         uint64_t off) {
+    if (n == 0)
+        return;
+    const Plan plan(off, off + n, config().chunk_bytes);
+    Job job(file);
+    const char *src = static_cast<const char *>(buf);
+
+    run(plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
+        // Copy chunk j out of the device while chunk i is written to the file.
+        auto fetch = [&](size_t i, int slot) {
+            const uint64_t a = plan.begin_of(i), b = plan.end_of(i);
+            char *stg = static_cast<char *>(lane.staging[slot].get());
+            stream.to_staging(stg + (a % kAlign), src + (a - off), b - a);
+        };
+        bool pending = false;
+        try {
+            auto i = job.grab(plan.nchunks);
+            if (!i)
+                return;
+            int cur = 0;
+            fetch(*i, cur);
+            pending = true;
+            while (i) {
+                stream.wait();
+                pending = false;
+                auto j = job.grab(plan.nchunks);
+                if (j) {
+                    fetch(*j, cur ^ 1);
+                    pending = true;
+                }
+                write_chunk(job, static_cast<const char *>(lane.staging[cur].get()),
+                            plan.begin_of(*i), plan.end_of(*i));
+                i = j;
+                cur ^= 1;
+            }
+        } catch (...) {
+            if (pending)
+                try {
+                    stream.wait();
+                } catch (...) {
+                }
+            job.set_error(std::current_exception());
+        }
+    });
+    job.rethrow();
+}
+
+} // namespace phxfs

@@ -1,0 +1,34 @@
+// The compat path: file data moves through pinned host staging memory, with
+// file I/O and device copies overlapped per lane and lanes working in
+// parallel on one request.
+#pragma once
+
+#include "fileio.hpp"
+#include "lanes.hpp"
+#include "memory.hpp"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace phxfs {
+
+class CompatEngine {
+  public:
+    explicit CompatEngine(Backend &backend) : lanes_(backend) {}
+
+    // Reads up to n bytes at file offset off into buf (memory of `kind`);
+    // returns the bytes read, short only at end of file.
+    size_t read(const FileInfo &file, void *buf, MemKind kind, size_t n, uint64_t off);
+    // Writes n bytes from buf at file offset off, or throws.
+    void write(const FileInfo &file, const void *buf, MemKind kind, size_t n, uint64_t off);
+
+    void trim() { lanes_.trim(); }
+
+  private:
+    template <typename ChunkLoop>
+    void run(size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop);
+
+    LanePool lanes_;
+};
+
+} // namespace phxfs

@@ -1,0 +1,95 @@
+#include "config.hpp"
+
+#include "error.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace phxfs {
+
+namespace {
+
+std::mutex cfg_mutex;
+bool cfg_loaded = false;
+Config cfg_current;
+
+unsigned default_threads() {
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    return std::clamp(hw, 2u, 16u);
+}
+
+unsigned long long env_number(const char *name, unsigned long long def) {
+    const char *v = std::getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end = nullptr;
+    errno = 0;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (errno || *end || v[0] == '-')
+        fail(EINVAL, std::string(name) + "='" + v + "' is not a number");
+    return n;
+}
+
+phxfs_mode env_mode() {
+    const char *v = std::getenv("PHXFS_MODE");
+    if (!v || !*v)
+        return PHXFS_MODE_AUTO;
+    const std::string s(v);
+    if (s == "auto")
+        return PHXFS_MODE_AUTO;
+    if (s == "direct")
+        return PHXFS_MODE_DIRECT;
+    if (s == "compat")
+        return PHXFS_MODE_COMPAT;
+    fail(EINVAL, "PHXFS_MODE='" + s + "': expected auto, direct or compat");
+}
+
+void validate(const Config &c) {
+    if (c.mode != PHXFS_MODE_AUTO && c.mode != PHXFS_MODE_DIRECT && c.mode != PHXFS_MODE_COMPAT)
+        fail(EINVAL, "mode must be auto, direct or compat");
+    if (c.threads < 1 || c.threads > kMaxThreads)
+        fail(EINVAL, "threads must be within 1.." + std::to_string(kMaxThreads));
+    if (c.chunk_bytes < kAlign || c.chunk_bytes % kAlign || c.chunk_bytes > (1ull << 30))
+        fail(EINVAL, "chunk size must be a multiple of 4 KiB, at most 1 GiB");
+    if (c.staging_bytes < 2 * c.chunk_bytes)
+        fail(EINVAL, "staging memory must hold at least two chunks");
+}
+
+void load_locked() {
+    if (cfg_loaded)
+        return;
+    cfg_current = config_from_env();
+    cfg_loaded = true;
+}
+
+} // namespace
+
+Config config_from_env() {
+    Config c;
+    c.mode = env_mode();
+    c.threads = static_cast<unsigned>(env_number("PHXFS_THREADS", default_threads()));
+    c.chunk_bytes = env_number("PHXFS_CHUNK_KB", 4096) * 1024;
+    c.staging_bytes = env_number("PHXFS_STAGING_MB", 0) << 20;
+    if (c.staging_bytes == 0) // two chunks per worker by default
+        c.staging_bytes = 2 * c.chunk_bytes * c.threads;
+    validate(c);
+    return c;
+}
+
+Config config() {
+    std::lock_guard lock(cfg_mutex);
+    load_locked();
+    return cfg_current;
+}
+
+void set_config(const Config &c) {
+    validate(c);
+    std::lock_guard lock(cfg_mutex);
+    cfg_current = c;
+    cfg_loaded = true;
+}
+
+} // namespace phxfs

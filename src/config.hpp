@@ -1,0 +1,28 @@
+// Tunables: built-in defaults, then the environment, then phxfs_set_config().
+#pragma once
+
+#include <phxfs/phxfs.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace phxfs {
+
+struct Config {
+    phxfs_mode mode = PHXFS_MODE_AUTO;
+    unsigned threads = 0;        // 0 until resolved
+    size_t chunk_bytes = 0;      // multiple of kAlign
+    size_t staging_bytes = 0;    // per device
+};
+
+inline constexpr size_t kAlign = 4096; // O_DIRECT alignment we always honour
+inline constexpr unsigned kMaxThreads = 256;
+
+// The current configuration (a consistent snapshot).
+Config config();
+// Validates and installs cfg; throws Error(EINVAL) on a bad value.
+void set_config(const Config &cfg);
+// Defaults from the environment; throws Error(EINVAL) on a bad variable.
+Config config_from_env();
+
+} // namespace phxfs

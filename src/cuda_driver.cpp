@@ -1,0 +1,87 @@
+#include "cuda_driver.hpp"
+
+#include "error.hpp"
+
+#include <dlfcn.h>
+
+#include <mutex>
+
+namespace phxfs::cuda {
+
+namespace {
+
+// The versioned symbol behind a cuda.h macro (cuMemcpyHtoDAsync is
+// cuMemcpyHtoDAsync_v2, and so on): stringify after macro expansion.
+#define PHXFS_STR2(x) #x
+#define PHXFS_STR(x) PHXFS_STR2(x)
+
+Driver loaded;
+const Driver *usable = nullptr;
+std::string why = "not probed";
+std::once_flag once;
+
+void load() {
+    if (const char *off = std::getenv("PHXFS_NO_CUDA"); off && *off && *off != '0') {
+        why = "CUDA disabled by PHXFS_NO_CUDA";
+        return;
+    }
+    // Never dlclose: the driver stays for the life of the process.
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        why = "no CUDA driver (libcuda.so.1 not found)";
+        return;
+    }
+#define PHXFS_CUDA_LOAD(name)                                                                    \
+    loaded.name = reinterpret_cast<decltype(loaded.name)>(dlsym(h, PHXFS_STR(name)));            \
+    if (!loaded.name) {                                                                          \
+        why = "CUDA driver lacks " PHXFS_STR(name);                                              \
+        return;                                                                                  \
+    }
+    PHXFS_CUDA_FUNCS(PHXFS_CUDA_LOAD)
+#undef PHXFS_CUDA_LOAD
+    if (CUresult r = loaded.cuInit(0); r != CUDA_SUCCESS) {
+        const char *s = nullptr;
+        loaded.cuGetErrorString(r, &s);
+        why = std::string("cuInit failed: ") + (s ? s : "unknown error");
+        return;
+    }
+    if (loaded.cuDeviceGetCount(&loaded.device_count) != CUDA_SUCCESS ||
+        loaded.device_count == 0) {
+        why = "CUDA driver reports no GPU";
+        return;
+    }
+    why.clear();
+    usable = &loaded;
+}
+
+} // namespace
+
+const Driver *driver() {
+    std::call_once(once, load);
+    return usable;
+}
+
+const std::string &why_unavailable() {
+    driver();
+    return why;
+}
+
+void check(CUresult res, const char *what) {
+    if (res == CUDA_SUCCESS)
+        return;
+    const char *s = nullptr;
+    if (usable)
+        usable->cuGetErrorString(res, &s);
+    fail(EIO, std::string(what) + " failed: " + (s ? s : "CUDA error ") + "(" +
+                  std::to_string(static_cast<int>(res)) + ")");
+}
+
+void set_current(CUcontext ctx) {
+    thread_local CUcontext current = nullptr;
+    if (current == ctx)
+        return;
+    check(usable->cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    current = ctx;
+}
+
+} // namespace phxfs::cuda

@@ -1,0 +1,51 @@
+// The CUDA driver API, loaded at run time with dlopen so that libphxfs and
+// its tests load on machines without a GPU. Only the calls Phoenix needs.
+#pragma once
+
+#include <cuda.h>
+
+#include <string>
+
+namespace phxfs::cuda {
+
+#define PHXFS_CUDA_FUNCS(X)                                                                      \
+    X(cuInit)                                                                                      \
+    X(cuDriverGetVersion)                                                                          \
+    X(cuGetErrorString)                                                                            \
+    X(cuDeviceGetCount)                                                                            \
+    X(cuDeviceGet)                                                                                 \
+    X(cuDeviceGetName)                                                                             \
+    X(cuDeviceGetPCIBusId)                                                                         \
+    X(cuDevicePrimaryCtxRetain)                                                                    \
+    X(cuDevicePrimaryCtxRelease)                                                                   \
+    X(cuCtxGetCurrent)                                                                             \
+    X(cuCtxSetCurrent)                                                                             \
+    X(cuPointerGetAttributes)                                                                      \
+    X(cuMemGetAddressRange)                                                                        \
+    X(cuMemHostAlloc)                                                                              \
+    X(cuMemFreeHost)                                                                               \
+    X(cuStreamCreate)                                                                              \
+    X(cuStreamDestroy)                                                                             \
+    X(cuStreamSynchronize)                                                                         \
+    X(cuMemcpyHtoDAsync)                                                                           \
+    X(cuMemcpyDtoHAsync)
+
+struct Driver {
+#define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;
+    PHXFS_CUDA_FUNCS(PHXFS_CUDA_MEMBER)
+#undef PHXFS_CUDA_MEMBER
+    int device_count = 0;
+};
+
+// The loaded and initialised driver, or nullptr when none is usable; the
+// reason is then in why_unavailable(). Thread safe; loads once.
+const Driver *driver();
+const std::string &why_unavailable();
+
+// Throws Error(EIO) naming the call when res is not CUDA_SUCCESS.
+void check(CUresult res, const char *what);
+
+// Makes ctx current on the calling thread (cheap when it already is).
+void set_current(CUcontext ctx);
+
+} // namespace phxfs::cuda

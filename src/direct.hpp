@@ -1,0 +1,18 @@
+// The direct path: O_DIRECT I/O between a file and device memory mapped by
+// phxfs.ko. The kernel's own block layer and NVMe driver DMA straight to and
+// from the device; no byte passes through host memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace phxfs {
+
+// Reads [off, off + n) of O_DIRECT fd dfd into mapped, all 4 KiB aligned, with
+// up to the configured number of requests in flight; returns the bytes read
+// (short at end of file).
+size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off);
+// Writes n bytes from mapped at off, with the same constraints, or throws.
+void direct_write(int dfd, const char *mapped, size_t n, uint64_t off);
+
+} // namespace phxfs

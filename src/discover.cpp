@@ -1,0 +1,99 @@
+// Device discovery: which ids exist and what each one is. CUDA GPUs take ids
+// 0..G-1 in CUDA's order and are matched to the phxfs.ko node serving the
+// same PCI device; nodes serving no GPU (pcibar) follow; a machine with
+// neither has one host-memory device.
+#include "device.hpp"
+#include "error.hpp"
+#include "no_destructor.hpp"
+
+#include <unistd.h>
+
+
+namespace phxfs {
+
+namespace {
+
+struct NodeSeen {
+    int index;
+    phxfs_ioctl_info info{};
+    std::string bus_id;
+    std::string error; // why the node cannot be used, empty if it can
+    bool claimed = false;
+};
+
+std::vector<NodeSeen> scan_nodes() {
+    std::vector<NodeSeen> nodes;
+    for (int i = 0; i < PHXFS_MAX_DEVICES; ++i) {
+        if (::access(kmod_node_path(i).c_str(), F_OK) != 0)
+            continue;
+        NodeSeen n;
+        n.index = i;
+        try {
+            KmodNode node(i);
+            n.info = node.info();
+            n.bus_id = node.pci_bus_id();
+        } catch (const Error &e) {
+            n.error = e.what();
+        }
+        nodes.push_back(std::move(n));
+    }
+    return nodes;
+}
+
+// The node serving the GPU at bus_id, or why there is none.
+int match_node(std::vector<NodeSeen> &nodes, const std::string &bus_id, std::string &why) {
+    for (NodeSeen &n : nodes) {
+        if (n.error.empty() && n.bus_id == bus_id) {
+            n.claimed = true;
+            why.clear();
+            return n.index;
+        }
+    }
+    why = "no /dev/phxfsN serves this GPU (PCI " + bus_id + ")";
+    for (const NodeSeen &n : nodes)
+        if (!n.error.empty())
+            why = n.error; // a node we could not open may be this GPU's
+    if (nodes.empty())
+        why = "phxfs kernel module not loaded (no /dev/phxfs*)";
+    return -1;
+}
+
+std::vector<std::unique_ptr<Device>> discover() {
+    std::vector<std::unique_ptr<Device>> out;
+    std::vector<NodeSeen> nodes = scan_nodes();
+    for (const GpuInfo &g : cuda_gpus()) {
+        const int id = static_cast<int>(out.size());
+        std::string why;
+        const int index = match_node(nodes, g.pci_bus_id, why);
+        out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_CUDA, id, index, g.name,
+                                               g.pci_bus_id, why));
+    }
+    for (const NodeSeen &n : nodes) {
+        if (n.claimed || (n.error.empty() && n.info.provider != PHXFS_PROVIDER_PCIBAR))
+            continue;
+        const int id = static_cast<int>(out.size());
+        out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_PCIBAR, -1, n.index,
+                                               "pcibar " + n.bus_id, n.bus_id, n.error));
+    }
+    if (out.empty())
+        out.push_back(std::make_unique<Device>(0, PHXFS_DEVICE_HOST, -1, -1, "host memory", "",
+                                               "host memory is not device memory"));
+    return out;
+}
+
+} // namespace
+
+std::vector<std::unique_ptr<Device>> &devices() {
+    static NoDestructor<std::vector<std::unique_ptr<Device>>> table(discover());
+    return *table;
+}
+
+Device &device(int id) {
+    auto &t = devices();
+    if (id < 0 || static_cast<size_t>(id) >= t.size())
+        fail(ENODEV, "no device " + std::to_string(id) + " (this machine has " +
+                         std::to_string(t.size()) + ")");
+    return *t[static_cast<size_t>(id)];
+}
+
+} // namespace phxfs

@@ -1,0 +1,22 @@
+#include "error.hpp"
+
+#include <cstring>
+
+namespace phxfs {
+
+namespace {
+thread_local std::string tls_last_error;
+}
+
+void fail(int err, const std::string &what) { throw Error(err, what); }
+
+void fail_errno(const std::string &what) {
+    const int err = errno;
+    throw Error(err, what + ": " + std::strerror(err));
+}
+
+void set_last_error(std::string msg) { tls_last_error = std::move(msg); }
+
+const std::string &last_error() { return tls_last_error; }
+
+} // namespace phxfs

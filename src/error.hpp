@@ -1,0 +1,44 @@
+// Errors inside libphxfs: one exception type carrying errno and a message,
+// and the per-thread last-error string the C API exposes.
+#pragma once
+
+#include <cerrno>
+#include <string>
+#include <system_error>
+#include <utility>
+
+namespace phxfs {
+
+class Error : public std::system_error {
+  public:
+    Error(int err, const std::string &what) : std::system_error(err, std::generic_category(), what) {}
+    int err() const noexcept { return code().value(); }
+};
+
+// Throws Error(err, what). Use for every failure the caller must see.
+[[noreturn]] void fail(int err, const std::string &what);
+// Throws Error(errno, what + ": " + strerror(errno)).
+[[noreturn]] void fail_errno(const std::string &what);
+
+void set_last_error(std::string msg);
+const std::string &last_error();
+
+// Runs fn for the C API: on success clears nothing and returns fn's value;
+// on failure sets errno and the last-error message and returns -1.
+template <typename Fn> auto c_call(Fn &&fn) noexcept -> decltype(fn()) {
+    try {
+        return std::forward<Fn>(fn)();
+    } catch (const Error &e) {
+        set_last_error(e.what());
+        errno = e.err();
+    } catch (const std::bad_alloc &) {
+        set_last_error("out of memory");
+        errno = ENOMEM;
+    } catch (const std::exception &e) {
+        set_last_error(std::string("internal error: ") + e.what());
+        errno = EIO;
+    }
+    return -1;
+}
+
+} // namespace phxfs

@@ -1,0 +1,108 @@
+#include "fileio.hpp"
+
+#include "error.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+
+namespace phxfs {
+
+UniqueFd &UniqueFd::operator=(UniqueFd &&o) noexcept {
+    if (this != &o) {
+        reset();
+        fd_ = o.release();
+    }
+    return *this;
+}
+
+void UniqueFd::reset() {
+    if (fd_ >= 0)
+        ::close(fd_);
+    fd_ = -1;
+}
+
+FileInfo inspect_fd(int fd, bool for_write) {
+    FileInfo fi;
+    fi.fd = fd;
+    const int fl = fd < 0 ? -1 : ::fcntl(fd, F_GETFL);
+    if (fl < 0)
+        fail(EBADF, "fd " + std::to_string(fd) + " is not an open file");
+    const int acc = fl & O_ACCMODE;
+    fi.readable = acc == O_RDONLY || acc == O_RDWR;
+    fi.writable = acc == O_WRONLY || acc == O_RDWR;
+    fi.direct = fl & O_DIRECT;
+    fi.append = fl & O_APPEND;
+    if (for_write && !fi.writable)
+        fail(EBADF, "fd " + std::to_string(fd) + " is not open for writing");
+    if (!for_write && !fi.readable)
+        fail(EBADF, "fd " + std::to_string(fd) + " is not open for reading");
+    if (for_write && fi.append)
+        fail(EINVAL, "fd " + std::to_string(fd) +
+                         " has O_APPEND: positional writes would land at the end of the file");
+    struct stat st{};
+    if (::fstat(fd, &st) < 0)
+        fail_errno("fstat");
+    if (S_ISREG(st.st_mode)) {
+        fi.size = static_cast<uint64_t>(st.st_size);
+    } else if (S_ISBLK(st.st_mode)) {
+        uint64_t bytes = 0;
+        if (::ioctl(fd, BLKGETSIZE64, &bytes) == 0)
+            fi.size = bytes;
+    } else if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        fail(ESPIPE, "fd " + std::to_string(fd) + " is a pipe or socket: no positional I/O");
+    }
+    return fi;
+}
+
+size_t pread_full(int fd, void *buf, size_t n, uint64_t off) {
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t r = ::pread(fd, static_cast<char *>(buf) + done, n - done,
+                                  static_cast<off_t>(off + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            fail_errno("pread at offset " + std::to_string(off + done));
+        }
+        if (r == 0)
+            break;
+        done += static_cast<size_t>(r);
+    }
+    return done;
+}
+
+void pwrite_full(int fd, const void *buf, size_t n, uint64_t off) {
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t r = ::pwrite(fd, static_cast<const char *>(buf) + done, n - done,
+                                   static_cast<off_t>(off + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            fail_errno("pwrite at offset " + std::to_string(off + done));
+        }
+        if (r == 0)
+            fail(EIO, "pwrite wrote nothing at offset " + std::to_string(off + done));
+        done += static_cast<size_t>(r);
+    }
+}
+
+UniqueFd reopen_fd(int fd, bool direct) {
+    const int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0)
+        fail_errno("fcntl(F_GETFL)");
+    int flags = (fl & O_ACCMODE) | O_CLOEXEC | (direct ? O_DIRECT : 0);
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    const int nfd = ::open(path.c_str(), flags);
+    if (nfd < 0)
+        fail_errno(std::string("reopening fd ") + std::to_string(fd) +
+                   (direct ? " with O_DIRECT" : " without O_DIRECT"));
+    return UniqueFd(nfd);
+}
+
+} // namespace phxfs

@@ -1,0 +1,59 @@
+// File-side helpers shared by the I/O paths: what an fd allows, full
+// positional reads and writes, and an O_DIRECT or buffered twin of an fd.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+
+namespace phxfs {
+
+// An owned file descriptor.
+class UniqueFd {
+  public:
+    UniqueFd() = default;
+    explicit UniqueFd(int fd) : fd_(fd) {}
+    UniqueFd(UniqueFd &&o) noexcept : fd_(o.release()) {}
+    UniqueFd &operator=(UniqueFd &&o) noexcept;
+    UniqueFd(const UniqueFd &) = delete;
+    UniqueFd &operator=(const UniqueFd &) = delete;
+    ~UniqueFd() { reset(); }
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+    void reset();
+    explicit operator bool() const { return fd_ >= 0; }
+
+  private:
+    int fd_ = -1;
+};
+
+struct FileInfo {
+    int fd = -1;
+    bool readable = false, writable = false;
+    bool direct = false;  // opened with O_DIRECT
+    bool append = false;  // opened with O_APPEND
+    // Bytes in the file or block device; nullopt for other files.
+    std::optional<uint64_t> size;
+};
+
+// Inspects fd for an operation; throws EBADF for a closed fd or one not open
+// for the operation, EINVAL for an O_APPEND fd on write (pwrite would ignore
+// the offset) and ESPIPE for pipes and sockets.
+FileInfo inspect_fd(int fd, bool for_write);
+
+// Reads until n bytes or end of file; returns the bytes read. Throws on error.
+size_t pread_full(int fd, void *buf, size_t n, uint64_t off);
+// Writes all n bytes or throws (ENOSPC, EIO, ...).
+void pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
+
+// Opens the file behind fd again with O_DIRECT set or cleared (through
+// /proc/self/fd), keeping its access mode. Throws on failure.
+UniqueFd reopen_fd(int fd, bool direct);
+
+inline uint64_t align_down(uint64_t v, uint64_t a) { return v - v % a; }
+inline uint64_t align_up(uint64_t v, uint64_t a) { return align_down(v + a - 1, a); }
+
+} // namespace phxfs

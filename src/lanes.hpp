@@ -1,0 +1,65 @@
+// Staging lanes: a lane is two pinned staging buffers and a copy stream, the
+// unit one pipeline participant works with. Lanes are made on first need and
+// reused, so no I/O call allocates staging memory.
+#pragma once
+
+#include "memory.hpp"
+
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace phxfs {
+
+struct Lane {
+    size_t bytes = 0; // size of each staging buffer
+    StagingBuffer staging[2];
+    std::unique_ptr<Stream> stream; // copies to and from the device's memory
+};
+
+class LanePool {
+  public:
+    explicit LanePool(Backend &backend) : backend_(backend) {}
+
+    // A lane with buffers of `bytes`, within a budget of `budget` bytes of
+    // staging memory. acquire() waits for one; try_acquire() returns null
+    // when none is free and the budget is spent.
+    std::unique_ptr<Lane> acquire(size_t bytes, size_t budget);
+    std::unique_ptr<Lane> try_acquire(size_t bytes, size_t budget);
+    void release(std::unique_ptr<Lane> lane);
+    // Frees idle lanes (configuration changed, device closing).
+    void trim();
+
+  private:
+    std::unique_ptr<Lane> take_locked(size_t bytes, size_t budget, bool &must_make);
+    std::unique_ptr<Lane> make(size_t bytes);
+
+    Backend &backend_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    std::vector<std::unique_ptr<Lane>> idle_;
+    size_t in_use_bytes_ = 0; // staging bytes of lanes handed out or idle
+};
+
+// Returns a lane to its pool when it leaves scope.
+class LaneLease {
+  public:
+    LaneLease(LanePool &pool, std::unique_ptr<Lane> lane) : pool_(pool), lane_(std::move(lane)) {}
+    ~LaneLease() {
+        if (lane_)
+            pool_.release(std::move(lane_));
+    }
+    LaneLease(const LaneLease &) = delete;
+    LaneLease &operator=(const LaneLease &) = delete;
+    explicit operator bool() const { return lane_ != nullptr; }
+    Lane *operator->() const { return lane_.get(); }
+    Lane &operator*() const { return *lane_; }
+
+  private:
+    LanePool &pool_;
+    std::unique_ptr<Lane> lane_;
+};
+
+} // namespace phxfs

@@ -1,0 +1,64 @@
+// Device-memory backends: where a buffer lives, how staging memory is
+// allocated, and how bytes move between staging and the buffer.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace phxfs {
+
+enum class MemKind { host, cuda };
+
+// What an address is, detected from the address itself.
+struct MemInfo {
+    MemKind kind = MemKind::host;
+    int cuda_ordinal = -1; // for MemKind::cuda
+};
+
+MemInfo classify(const void *p);
+
+// An ordered queue of copies between staging memory and a buffer. Copies may
+// run asynchronously until wait().
+class Stream {
+  public:
+    virtual ~Stream() = default;
+    virtual void to_buffer(void *dst, const void *staging, size_t n) = 0;
+    virtual void to_staging(void *staging, const void *src, size_t n) = 0;
+    virtual void wait() = 0;
+};
+
+// Host memory: copies are memcpy, done at once.
+Stream &host_stream();
+
+struct StagingFree {
+    bool pinned_by_cuda = false;
+    void operator()(void *p) const noexcept;
+};
+using StagingBuffer = std::unique_ptr<void, StagingFree>;
+
+// A device's memory system: the host, or one CUDA GPU.
+class Backend {
+  public:
+    virtual ~Backend() = default;
+    virtual StagingBuffer alloc_staging(size_t n) = 0;
+    // A stream for buffers of this backend's kind.
+    virtual std::unique_ptr<Stream> make_stream() = 0;
+    // Throws Error(EFAULT) unless [p, p + n) is memory this backend serves.
+    virtual void check_range(const void *p, size_t n) const = 0;
+};
+
+std::unique_ptr<Backend> make_host_backend();
+std::unique_ptr<Backend> make_cuda_backend(int ordinal);
+
+struct GpuInfo {
+    std::string name;
+    std::string pci_bus_id; // lower case, "0000:3b:00.0"
+};
+// The CUDA GPUs of this machine in CUDA's order; empty without a driver.
+std::vector<GpuInfo> cuda_gpus();
+// Why there are no CUDA GPUs ("" when there are).
+std::string cuda_why_unavailable();
+
+} // namespace phxfs

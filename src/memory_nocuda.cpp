@@ -1,0 +1,22 @@
+// Built instead of the CUDA backend where CUDA headers are absent: the library
+// still works on host memory and says why there is no GPU.
+#include "error.hpp"
+#include "memory.hpp"
+
+#include <cstdlib>
+
+namespace phxfs {
+
+void StagingFree::operator()(void *p) const noexcept { std::free(p); }
+
+MemInfo classify(const void *) { return {}; }
+
+std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
+    fail(ENODEV, "CUDA GPU " + std::to_string(ordinal) + ": " + cuda_why_unavailable());
+}
+
+std::vector<GpuInfo> cuda_gpus() { return {}; }
+
+std::string cuda_why_unavailable() { return "libphxfs was built without CUDA support"; }
+
+} // namespace phxfs
