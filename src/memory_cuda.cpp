@@ -63,6 +63,8 @@ class CudaBackend final : public Backend {
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
     void check_range(const void *p, size_t n) const override {
+        if (!p)
+            fail(EFAULT, "NULL buffer");
         const MemInfo mi = classify(p);
         if (mi.kind != MemKind::cuda)
             return; // host memory is always usable
