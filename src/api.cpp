@@ -8,7 +8,7 @@
 
 #include <limits>
 
-using namespace phxfs;
+using namespace phxfs::core;
 
 #define PHXFS_API extern "C" __attribute__((visibility("default")))
 
@@ -97,6 +97,8 @@ PHXFS_API int phxfs_get_config(struct phxfs_config *cfg) {
 PHXFS_API int phxfs_set_config(const struct phxfs_config *cfg) {
     return c_call([&] {
         check_struct(cfg, "cfg");
+        if (cfg->mode > PHXFS_MODE_COMPAT)
+            fail(EINVAL, "mode must be auto, direct or compat");
         Config c;
         c.mode = static_cast<phxfs_mode>(cfg->mode);
         c.threads = cfg->threads;

@@ -10,7 +10,7 @@
 #include <mutex>
 #include <thread>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -230,4 +230,4 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
     job.rethrow();
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -10,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace phxfs {
+namespace phxfs::core {
 
 class CompatEngine {
   public:
@@ -31,4 +31,4 @@ class CompatEngine {
     LanePool lanes_;
 };
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -8,7 +8,7 @@
 #include <string>
 #include <thread>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -92,4 +92,4 @@ void set_config(const Config &c) {
     cfg_loaded = true;
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace phxfs {
+namespace phxfs::core {
 
 struct Config {
     phxfs_mode mode = PHXFS_MODE_AUTO;
@@ -25,4 +25,4 @@ void set_config(const Config &cfg);
 // Defaults from the environment; throws Error(EINVAL) on a bad variable.
 Config config_from_env();
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -6,7 +6,7 @@
 
 #include <mutex>
 
-namespace phxfs::cuda {
+namespace phxfs::core::cuda {
 
 namespace {
 
@@ -84,4 +84,4 @@ void set_current(CUcontext ctx) {
     current = ctx;
 }
 
-} // namespace phxfs::cuda
+} // namespace phxfs::core::cuda

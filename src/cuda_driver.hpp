@@ -6,7 +6,7 @@
 
 #include <string>
 
-namespace phxfs::cuda {
+namespace phxfs::core::cuda {
 
 #define PHXFS_CUDA_FUNCS(X)                                                                      \
     X(cuInit)                                                                                      \
@@ -48,4 +48,4 @@ void check(CUresult res, const char *what);
 // Makes ctx current on the calling thread (cheap when it already is).
 void set_current(CUcontext ctx);
 
-} // namespace phxfs::cuda
+} // namespace phxfs::core::cuda

@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -285,4 +285,4 @@ void Device::stats(phxfs_stats &out) const {
     stats_.snapshot(out, regs_.size());
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-namespace phxfs {
+namespace phxfs::core {
 
 struct Registration {
     uintptr_t start = 0; // the caller's address
@@ -80,4 +80,4 @@ std::vector<std::unique_ptr<Device>> &devices();
 // The device of id, or throws ENODEV.
 Device &device(int id);
 
-} // namespace phxfs
+} // namespace phxfs::core

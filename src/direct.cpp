@@ -10,7 +10,7 @@
 #include <exception>
 #include <mutex>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -65,4 +65,4 @@ void direct_write(int dfd, const char *mapped, size_t n, uint64_t off) {
     });
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

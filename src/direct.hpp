@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace phxfs {
+namespace phxfs::core {
 
 // Reads [off, off + n) of O_DIRECT fd dfd into mapped, all 4 KiB aligned, with
 // up to the configured number of requests in flight; returns the bytes read
@@ -15,4 +15,4 @@ size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off);
 // Writes n bytes from mapped at off, with the same constraints, or throws.
 void direct_write(int dfd, const char *mapped, size_t n, uint64_t off);
 
-} // namespace phxfs
+} // namespace phxfs::core

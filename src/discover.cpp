@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -96,4 +96,4 @@ Device &device(int id) {
     return *t[static_cast<size_t>(id)];
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 thread_local std::string tls_last_error;
@@ -19,4 +19,4 @@ void set_last_error(std::string msg) { tls_last_error = std::move(msg); }
 
 const std::string &last_error() { return tls_last_error; }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -7,7 +7,7 @@
 #include <system_error>
 #include <utility>
 
-namespace phxfs {
+namespace phxfs::core {
 
 class Error : public std::system_error {
   public:
@@ -41,4 +41,4 @@ template <typename Fn> auto c_call(Fn &&fn) noexcept -> decltype(fn()) {
     return -1;
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

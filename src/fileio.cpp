@@ -10,7 +10,7 @@
 
 #include <string>
 
-namespace phxfs {
+namespace phxfs::core {
 
 UniqueFd &UniqueFd::operator=(UniqueFd &&o) noexcept {
     if (this != &o) {
@@ -105,4 +105,4 @@ UniqueFd reopen_fd(int fd, bool direct) {
     return UniqueFd(nfd);
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

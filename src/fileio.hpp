@@ -9,7 +9,7 @@
 #include <optional>
 #include <utility>
 
-namespace phxfs {
+namespace phxfs::core {
 
 // An owned file descriptor.
 class UniqueFd {
@@ -56,4 +56,4 @@ UniqueFd reopen_fd(int fd, bool direct);
 inline uint64_t align_down(uint64_t v, uint64_t a) { return v - v % a; }
 inline uint64_t align_up(uint64_t v, uint64_t a) { return align_down(v + a - 1, a); }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -8,7 +8,7 @@
 
 #include <cstdio>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 // One MAP ioctl maps at most this much; larger registrations are several MAPs
@@ -86,4 +86,4 @@ KmodMapping::~KmodMapping() {
     ::munmap(va_, len_);
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

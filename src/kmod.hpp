@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace phxfs {
+namespace phxfs::core {
 
 std::string kmod_node_path(int index);
 
@@ -55,4 +55,4 @@ class KmodNode {
     phxfs_ioctl_info info_{};
 };
 
-} // namespace phxfs
+} // namespace phxfs::core

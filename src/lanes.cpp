@@ -1,6 +1,6 @@
 #include "lanes.hpp"
 
-namespace phxfs {
+namespace phxfs::core {
 
 std::unique_ptr<Lane> LanePool::make(size_t bytes) {
     auto lane = std::make_unique<Lane>();
@@ -93,4 +93,4 @@ void LanePool::trim() {
     cv_.notify_all();
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

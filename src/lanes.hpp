@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-namespace phxfs {
+namespace phxfs::core {
 
 struct Lane {
     size_t bytes = 0; // size of each staging buffer
@@ -62,4 +62,4 @@ class LaneLease {
     std::unique_ptr<Lane> lane_;
 };
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace phxfs {
+namespace phxfs::core {
 
 enum class MemKind { host, cuda };
 
@@ -61,4 +61,4 @@ std::vector<GpuInfo> cuda_gpus();
 // Why there are no CUDA GPUs ("" when there are).
 std::string cuda_why_unavailable();
 
-} // namespace phxfs
+} // namespace phxfs::core

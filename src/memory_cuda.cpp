@@ -8,7 +8,7 @@
 #include <cctype>
 #include <cstdlib>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -140,4 +140,4 @@ std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
     return std::make_unique<CudaBackend>(ordinal);
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -51,4 +51,4 @@ Stream &host_stream() {
 
 std::unique_ptr<Backend> make_host_backend() { return std::make_unique<HostBackend>(); }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -5,7 +5,7 @@
 
 #include <cstdlib>
 
-namespace phxfs {
+namespace phxfs::core {
 
 void StagingFree::operator()(void *p) const noexcept { std::free(p); }
 
@@ -19,4 +19,4 @@ std::vector<GpuInfo> cuda_gpus() { return {}; }
 
 std::string cuda_why_unavailable() { return "libphxfs was built without CUDA support"; }
 
-} // namespace phxfs
+} // namespace phxfs::core

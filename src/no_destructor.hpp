@@ -6,7 +6,7 @@
 #include <new>
 #include <utility>
 
-namespace phxfs {
+namespace phxfs::core {
 
 template <typename T> class NoDestructor {
   public:
@@ -20,4 +20,4 @@ template <typename T> class NoDestructor {
     alignas(T) unsigned char storage_[sizeof(T)];
 };
 
-} // namespace phxfs
+} // namespace phxfs::core

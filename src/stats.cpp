@@ -1,6 +1,6 @@
 #include "stats.hpp"
 
-namespace phxfs {
+namespace phxfs::core {
 
 void Stats::snapshot(phxfs_stats &out, uint64_t registrations) const {
     for (int i = 0; i < PHXFS_PATH_COUNT; ++i) {
@@ -23,4 +23,4 @@ void Stats::reset() {
     fallbacks_.store(0);
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -7,7 +7,7 @@
 #include <chrono>
 #include <cstdint>
 
-namespace phxfs {
+namespace phxfs::core {
 
 struct PathCounters {
     std::atomic<uint64_t> read_bytes{0}, read_calls{0}, read_ns{0};
@@ -38,4 +38,4 @@ inline uint64_t now_ns() {
     return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

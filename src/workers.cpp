@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-namespace phxfs {
+namespace phxfs::core {
 
 namespace {
 
@@ -97,4 +97,4 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
     task->cv.wait(lock, [&] { return task->running == 0; });
 }
 
-} // namespace phxfs
+} // namespace phxfs::core

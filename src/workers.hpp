@@ -3,7 +3,7 @@
 
 #include <functional>
 
-namespace phxfs {
+namespace phxfs::core {
 
 // Runs body on up to `width` threads at once: the calling thread and up to
 // width - 1 pool workers, and returns when every run of body has returned.
@@ -12,4 +12,4 @@ namespace phxfs {
 // by body are the caller's to catch inside body.
 void run_parallel(unsigned width, const std::function<void()> &body);
 
-} // namespace phxfs
+} // namespace phxfs::core

@@ -15,7 +15,7 @@ struct EnvVar {
 };
 
 TEST(Env, Defaults) {
-    const phxfs::Config c = phxfs::config_from_env();
+    const phxfs::core::Config c = phxfs::core::config_from_env();
     EXPECT_EQ(c.mode, PHXFS_MODE_AUTO);
     EXPECT_GE(c.threads, 2u);
     EXPECT_EQ(c.chunk_bytes, 4u << 20);
@@ -25,17 +25,17 @@ TEST(Env, Defaults) {
 TEST(Env, Modes) {
     {
         EnvVar v("PHXFS_MODE", "direct");
-        EXPECT_EQ(phxfs::config_from_env().mode, PHXFS_MODE_DIRECT);
+        EXPECT_EQ(phxfs::core::config_from_env().mode, PHXFS_MODE_DIRECT);
     }
     {
         EnvVar v("PHXFS_MODE", "compat");
-        EXPECT_EQ(phxfs::config_from_env().mode, PHXFS_MODE_COMPAT);
+        EXPECT_EQ(phxfs::core::config_from_env().mode, PHXFS_MODE_COMPAT);
     }
     EnvVar v("PHXFS_MODE", "fast");
     try {
-        phxfs::config_from_env();
+        phxfs::core::config_from_env();
         FAIL() << "bad mode accepted";
-    } catch (const phxfs::Error &e) {
+    } catch (const phxfs::core::Error &e) {
         EXPECT_EQ(e.err(), EINVAL);
         EXPECT_NE(std::string(e.what()).find("PHXFS_MODE"), std::string::npos);
     }
@@ -43,7 +43,7 @@ TEST(Env, Modes) {
 
 TEST(Env, Sizes) {
     EnvVar t("PHXFS_THREADS", "5"), c("PHXFS_CHUNK_KB", "256"), s("PHXFS_STAGING_MB", "64");
-    const phxfs::Config cfg = phxfs::config_from_env();
+    const phxfs::core::Config cfg = phxfs::core::config_from_env();
     EXPECT_EQ(cfg.threads, 5u);
     EXPECT_EQ(cfg.chunk_bytes, 256u << 10);
     EXPECT_EQ(cfg.staging_bytes, 64u << 20);
@@ -52,10 +52,10 @@ TEST(Env, Sizes) {
 TEST(Env, BadNumbers) {
     for (const char *bad : {"abc", "-3", "0", "12x"}) {
         EnvVar t("PHXFS_THREADS", bad);
-        EXPECT_THROW(phxfs::config_from_env(), phxfs::Error) << bad;
+        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << bad;
     }
     EnvVar c("PHXFS_CHUNK_KB", "3");
-    EXPECT_THROW(phxfs::config_from_env(), phxfs::Error);
+    EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error);
 }
 
 } // namespace

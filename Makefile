@@ -1,0 +1,58 @@
+# Phoenix: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything else here is what those two are made of.
+
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc)
+KERNEL     ?= all
+DEMO_SIZE  ?= 512M
+
+.PHONY: all deps build demo test unit asan vmtest install format checkpatch clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh build
+
+$(BUILD)/Makefile:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The main job on any Linux box: move a generated file into device memory
+# and back through libphxfs (the GPU when there is one, host memory
+# otherwise) and report throughput and the path that ran.
+demo: build
+	@scripts/demo.sh $(BUILD) $(DEMO_SIZE)
+
+# Every test CI runs: unit tests, the same under ASan/UBSan, and the kernel
+# module in QEMU on Debian's 6.1 and 6.12 kernels.
+test: unit asan vmtest
+
+unit: build
+	cd $(BUILD) && ctest -L unit --output-on-failure -j $(JOBS)
+
+asan: deps
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DPHXFS_SANITIZE=address,undefined \
+		-DPHXFS_BUILD_EXAMPLES=OFF
+	cmake --build $(BUILD_ASAN) -j $(JOBS)
+	cd $(BUILD_ASAN) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		ctest -L unit --output-on-failure -j $(JOBS)
+
+vmtest: build
+	@if [ -x tests/vm/run.sh ]; then tests/vm/run.sh --kernel $(KERNEL) --build $(BUILD); \
+	else echo "tests/vm/run.sh not present: VM suite skipped"; fi
+
+install: build
+	cmake --install $(BUILD)
+	$(MAKE) -C kmod install
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp' '*.cu' | grep -v '^kmod/')
+
+checkpatch:
+	$(MAKE) -C kmod checkpatch
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)
