@@ -56,14 +56,15 @@ double copy_rate(void *gpu, size_t bytes, bool to_device) {
 }
 
 void make_file(const char *path, size_t bytes) {
-    struct stat st{};
+    struct stat st {};
     if (stat(path, &st) == 0 && static_cast<size_t>(st.st_size) >= bytes)
         return;
     const int fd = open(path, O_CREAT | O_WRONLY, 0644);
     check(fd >= 0, "open for create");
     std::vector<char> buf(64 << 20, 'p');
     for (size_t off = 0; off < bytes; off += buf.size())
-        check(pwrite(fd, buf.data(), buf.size(), off) == static_cast<ssize_t>(buf.size()), "pwrite");
+        check(pwrite(fd, buf.data(), buf.size(), off) == static_cast<ssize_t>(buf.size()),
+              "pwrite");
     close(fd);
 }
 

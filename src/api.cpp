@@ -68,17 +68,19 @@ PHXFS_API ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset, si
                              off_t f_offset) {
     return c_call([&]() -> ssize_t {
         check_io(buf_offset, nbyte, f_offset);
-        return static_cast<ssize_t>(device(fid.deviceID).read(
-            fid.fd, static_cast<char *>(buf) + buf_offset, nbyte, f_offset));
+        return static_cast<ssize_t>(
+            device(fid.deviceID)
+                .read(fid.fd, static_cast<char *>(buf) + buf_offset, nbyte, f_offset));
     });
 }
 
-PHXFS_API ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_offset,
-                              size_t nbyte, off_t f_offset) {
+PHXFS_API ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_offset, size_t nbyte,
+                              off_t f_offset) {
     return c_call([&]() -> ssize_t {
         check_io(buf_offset, nbyte, f_offset);
-        return static_cast<ssize_t>(device(fid.deviceID).write(
-            fid.fd, static_cast<const char *>(buf) + buf_offset, nbyte, f_offset));
+        return static_cast<ssize_t>(
+            device(fid.deviceID)
+                .write(fid.fd, static_cast<const char *>(buf) + buf_offset, nbyte, f_offset));
     });
 }
 
@@ -136,7 +138,9 @@ PHXFS_API int phxfs_reset_stats(int device_id) {
     });
 }
 
-PHXFS_API const char *phxfs_last_error(void) { return last_error().c_str(); }
+PHXFS_API const char *phxfs_last_error(void) {
+    return last_error().c_str();
+}
 
 PHXFS_API const char *phxfs_path_name(enum phxfs_path path) {
     switch (path) {

@@ -26,7 +26,9 @@ struct Plan {
         nchunks = static_cast<size_t>((end - first + chunk - 1) / chunk);
     }
     uint64_t begin_of(size_t i) const { return i == 0 ? off : align_down(off, chunk) + i * chunk; }
-    uint64_t end_of(size_t i) const { return std::min(end, align_down(off, chunk) + (i + 1) * chunk); }
+    uint64_t end_of(size_t i) const {
+        return std::min(end, align_down(off, chunk) + (i + 1) * chunk);
+    }
 };
 
 // State shared by the participants of one request.
@@ -75,7 +77,9 @@ class Job {
     UniqueFd twin_;
 };
 
-bool is_einval(const Error &e) { return e.err() == EINVAL; }
+bool is_einval(const Error &e) {
+    return e.err() == EINVAL;
+}
 
 // Reads [a, b) into staging so that staging offset == file offset mod 4 KiB;
 // returns the bytes of [a, b) now in staging + (a mod 4 KiB).

@@ -10,9 +10,9 @@ namespace phxfs::core {
 
 struct Config {
     phxfs_mode mode = PHXFS_MODE_AUTO;
-    unsigned threads = 0;        // 0 until resolved
-    size_t chunk_bytes = 0;      // multiple of kAlign
-    size_t staging_bytes = 0;    // per device
+    unsigned threads = 0;     // 0 until resolved
+    size_t chunk_bytes = 0;   // multiple of kAlign
+    size_t staging_bytes = 0; // per device
 };
 
 inline constexpr size_t kAlign = 4096; // O_DIRECT alignment we always honour

@@ -31,11 +31,11 @@ void load() {
         why = "no CUDA driver (libcuda.so.1 not found)";
         return;
     }
-#define PHXFS_CUDA_LOAD(name)                                                                    \
-    loaded.name = reinterpret_cast<decltype(loaded.name)>(dlsym(h, PHXFS_STR(name)));            \
-    if (!loaded.name) {                                                                          \
-        why = "CUDA driver lacks " PHXFS_STR(name);                                              \
-        return;                                                                                  \
+#define PHXFS_CUDA_LOAD(name)                                                                      \
+    loaded.name = reinterpret_cast<decltype(loaded.name)>(dlsym(h, PHXFS_STR(name)));              \
+    if (!loaded.name) {                                                                            \
+        why = "CUDA driver lacks " PHXFS_STR(name);                                                \
+        return;                                                                                    \
     }
     PHXFS_CUDA_FUNCS(PHXFS_CUDA_LOAD)
 #undef PHXFS_CUDA_LOAD
@@ -45,8 +45,7 @@ void load() {
         why = std::string("cuInit failed: ") + (s ? s : "unknown error");
         return;
     }
-    if (loaded.cuDeviceGetCount(&loaded.device_count) != CUDA_SUCCESS ||
-        loaded.device_count == 0) {
+    if (loaded.cuDeviceGetCount(&loaded.device_count) != CUDA_SUCCESS || loaded.device_count == 0) {
         why = "CUDA driver reports no GPU";
         return;
     }

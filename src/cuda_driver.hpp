@@ -8,7 +8,7 @@
 
 namespace phxfs::core::cuda {
 
-#define PHXFS_CUDA_FUNCS(X)                                                                      \
+#define PHXFS_CUDA_FUNCS(X)                                                                        \
     X(cuInit)                                                                                      \
     X(cuDriverGetVersion)                                                                          \
     X(cuGetErrorString)                                                                            \

@@ -21,7 +21,9 @@ std::string hex(uint64_t v) {
     return b;
 }
 
-bool overflows(uintptr_t a, size_t n) { return a + n < a; }
+bool overflows(uintptr_t a, size_t n) {
+    return a + n < a;
+}
 
 void copy_str(char *dst, size_t cap, const std::string &s) {
     std::strncpy(dst, s.c_str(), cap - 1);
@@ -49,7 +51,8 @@ void Device::open() {
         ++opens_;
         return;
     }
-    auto backend = kind_ == PHXFS_DEVICE_CUDA ? make_cuda_backend(cuda_ordinal_) : make_host_backend();
+    auto backend =
+        kind_ == PHXFS_DEVICE_CUDA ? make_cuda_backend(cuda_ordinal_) : make_host_backend();
     std::unique_ptr<KmodNode> node;
     if (kmod_index_ >= 0 && why_not_direct_.empty()) {
         try {

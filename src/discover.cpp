@@ -8,7 +8,6 @@
 
 #include <unistd.h>
 
-
 namespace phxfs::core {
 
 namespace {
@@ -65,8 +64,8 @@ std::vector<std::unique_ptr<Device>> discover() {
         const int id = static_cast<int>(out.size());
         std::string why;
         const int index = match_node(nodes, g.pci_bus_id, why);
-        out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_CUDA, id, index, g.name,
-                                               g.pci_bus_id, why));
+        out.push_back(
+            std::make_unique<Device>(id, PHXFS_DEVICE_CUDA, id, index, g.name, g.pci_bus_id, why));
     }
     for (const NodeSeen &n : nodes) {
         if (n.claimed || (n.error.empty() && n.info.provider != PHXFS_PROVIDER_PCIBAR))

@@ -8,15 +8,21 @@ namespace {
 thread_local std::string tls_last_error;
 }
 
-void fail(int err, const std::string &what) { throw Error(err, what); }
+void fail(int err, const std::string &what) {
+    throw Error(err, what);
+}
 
 void fail_errno(const std::string &what) {
     const int err = errno;
     throw Error(err, what + ": " + std::strerror(err));
 }
 
-void set_last_error(std::string msg) { tls_last_error = std::move(msg); }
+void set_last_error(std::string msg) {
+    tls_last_error = std::move(msg);
+}
 
-const std::string &last_error() { return tls_last_error; }
+const std::string &last_error() {
+    return tls_last_error;
+}
 
 } // namespace phxfs::core

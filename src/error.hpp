@@ -11,7 +11,8 @@ namespace phxfs::core {
 
 class Error : public std::system_error {
   public:
-    Error(int err, const std::string &what) : std::system_error(err, std::generic_category(), what) {}
+    Error(int err, const std::string &what)
+        : std::system_error(err, std::generic_category(), what) {}
     int err() const noexcept { return code().value(); }
 };
 

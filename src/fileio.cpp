@@ -44,7 +44,7 @@ FileInfo inspect_fd(int fd, bool for_write) {
     if (for_write && fi.append)
         fail(EINVAL, "fd " + std::to_string(fd) +
                          " has O_APPEND: positional writes would land at the end of the file");
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) < 0)
         fail_errno("fstat");
     if (S_ISREG(st.st_mode)) {
@@ -62,8 +62,8 @@ FileInfo inspect_fd(int fd, bool for_write) {
 size_t pread_full(int fd, void *buf, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
-        const ssize_t r = ::pread(fd, static_cast<char *>(buf) + done, n - done,
-                                  static_cast<off_t>(off + done));
+        const ssize_t r =
+            ::pread(fd, static_cast<char *>(buf) + done, n - done, static_cast<off_t>(off + done));
         if (r < 0) {
             if (errno == EINTR)
                 continue;

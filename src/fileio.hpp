@@ -33,8 +33,8 @@ class UniqueFd {
 struct FileInfo {
     int fd = -1;
     bool readable = false, writable = false;
-    bool direct = false;  // opened with O_DIRECT
-    bool append = false;  // opened with O_APPEND
+    bool direct = false; // opened with O_DIRECT
+    bool append = false; // opened with O_APPEND
     // Bytes in the file or block device; nullopt for other files.
     std::optional<uint64_t> size;
 };
@@ -53,7 +53,11 @@ void pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 // /proc/self/fd), keeping its access mode. Throws on failure.
 UniqueFd reopen_fd(int fd, bool direct);
 
-inline uint64_t align_down(uint64_t v, uint64_t a) { return v - v % a; }
-inline uint64_t align_up(uint64_t v, uint64_t a) { return align_down(v + a - 1, a); }
+inline uint64_t align_down(uint64_t v, uint64_t a) {
+    return v - v % a;
+}
+inline uint64_t align_up(uint64_t v, uint64_t a) {
+    return align_down(v + a - 1, a);
+}
 
 } // namespace phxfs::core

@@ -12,7 +12,9 @@ namespace phxfs::core {
 
 namespace {
 
-const cuda::Driver &drv() { return *cuda::driver(); }
+const cuda::Driver &drv() {
+    return *cuda::driver();
+}
 
 class CudaStream final : public Stream {
   public:
@@ -29,13 +31,15 @@ class CudaStream final : public Stream {
     }
     void to_buffer(void *dst, const void *staging, size_t n) override {
         cuda::set_current(ctx_);
-        cuda::check(drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), staging, n, stream_),
-                    "cuMemcpyHtoDAsync");
+        cuda::check(
+            drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), staging, n, stream_),
+            "cuMemcpyHtoDAsync");
     }
     void to_staging(void *staging, const void *src, size_t n) override {
         cuda::set_current(ctx_);
-        cuda::check(drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
-                    "cuMemcpyDtoHAsync");
+        cuda::check(
+            drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
+            "cuMemcpyDtoHAsync");
     }
     void wait() override {
         cuda::set_current(ctx_);
@@ -69,8 +73,8 @@ class CudaBackend final : public Backend {
         if (mi.kind != MemKind::cuda)
             return; // host memory is always usable
         if (mi.cuda_ordinal != ordinal_)
-            fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) +
-                             ", not GPU " + std::to_string(ordinal_));
+            fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) + ", not GPU " +
+                             std::to_string(ordinal_));
         CUdeviceptr base = 0;
         size_t size = 0;
         if (drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p)) ==
@@ -106,8 +110,7 @@ MemInfo classify(const void *p) {
                                    CU_POINTER_ATTRIBUTE_IS_MANAGED};
     void *data[] = {&type, &ordinal, &managed};
     // Pageable host memory unknown to CUDA fails or reports no type: host.
-    if (d->cuPointerGetAttributes(3, attrs, data, reinterpret_cast<CUdeviceptr>(p)) !=
-        CUDA_SUCCESS)
+    if (d->cuPointerGetAttributes(3, attrs, data, reinterpret_cast<CUdeviceptr>(p)) != CUDA_SUCCESS)
         return {};
     if (type == CU_MEMORYTYPE_DEVICE || managed)
         return {MemKind::cuda, ordinal};
@@ -132,7 +135,9 @@ std::vector<GpuInfo> cuda_gpus() {
     return out;
 }
 
-std::string cuda_why_unavailable() { return cuda::why_unavailable(); }
+std::string cuda_why_unavailable() {
+    return cuda::why_unavailable();
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
     if (!cuda::driver())

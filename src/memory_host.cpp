@@ -49,6 +49,8 @@ Stream &host_stream() {
     return s;
 }
 
-std::unique_ptr<Backend> make_host_backend() { return std::make_unique<HostBackend>(); }
+std::unique_ptr<Backend> make_host_backend() {
+    return std::make_unique<HostBackend>();
+}
 
 } // namespace phxfs::core

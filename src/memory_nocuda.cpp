@@ -7,16 +7,24 @@
 
 namespace phxfs::core {
 
-void StagingFree::operator()(void *p) const noexcept { std::free(p); }
+void StagingFree::operator()(void *p) const noexcept {
+    std::free(p);
+}
 
-MemInfo classify(const void *) { return {}; }
+MemInfo classify(const void *) {
+    return {};
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
     fail(ENODEV, "CUDA GPU " + std::to_string(ordinal) + ": " + cuda_why_unavailable());
 }
 
-std::vector<GpuInfo> cuda_gpus() { return {}; }
+std::vector<GpuInfo> cuda_gpus() {
+    return {};
+}
 
-std::string cuda_why_unavailable() { return "libphxfs was built without CUDA support"; }
+std::string cuda_why_unavailable() {
+    return "libphxfs was built without CUDA support";
+}
 
 } // namespace phxfs::core

@@ -55,7 +55,8 @@ int main(int argc, char **argv) {
 
     char *gpu_buf = nullptr;
     int *gpu_len = nullptr;
-    if (cudaMalloc(&gpu_buf, kBuf) != cudaSuccess || cudaMalloc(&gpu_len, sizeof(int)) != cudaSuccess) {
+    if (cudaMalloc(&gpu_buf, kBuf) != cudaSuccess ||
+        cudaMalloc(&gpu_len, sizeof(int)) != cudaSuccess) {
         std::fprintf(stderr, "strrev: cudaMalloc failed\n");
         return 1;
     }

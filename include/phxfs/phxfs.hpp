@@ -23,7 +23,8 @@ namespace phxfs {
 
 class Error : public std::system_error {
   public:
-    Error(int err, const std::string &what) : std::system_error(err, std::generic_category(), what) {}
+    Error(int err, const std::string &what)
+        : std::system_error(err, std::generic_category(), what) {}
 };
 
 namespace detail {
@@ -166,6 +167,8 @@ inline void set_config(phxfs_config c) {
     detail::check(phxfs_set_config(&c), "phxfs_set_config");
 }
 
-inline int device_count() { return detail::check(phxfs_device_count(), "phxfs_device_count"); }
+inline int device_count() {
+    return detail::check(phxfs_device_count(), "phxfs_device_count");
+}
 
 } // namespace phxfs

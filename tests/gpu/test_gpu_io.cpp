@@ -47,8 +47,10 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {0, 1, 0},          {0, 4096, 0},          {1, 4095, 3},          {4095, 4097, 0},
-    {8192, 1 << 20, 0}, {12345, (1 << 20) + 3, 77}, {0, 64 << 20, 0}, {4096 * 5 + 1, (64 << 20) + 5, 4096},
+    {0, 1, 0},          {0, 4096, 0},
+    {1, 4095, 3},       {4095, 4097, 0},
+    {8192, 1 << 20, 0}, {12345, (1 << 20) + 3, 77},
+    {0, 64 << 20, 0},   {4096 * 5 + 1, (64 << 20) + 5, 4096},
 };
 
 TEST_F(GpuIo, ReadsIntoDeviceMemory) {
@@ -94,7 +96,8 @@ TEST_F(GpuIo, WritesFromDeviceMemory) {
             fill_pattern_fast(h.data(), c.len, c.file_off, seed);
             CUDA_OK(cudaMemcpy(static_cast<char *>(gpu_) + c.buf_off, h.data(), c.len,
                                cudaMemcpyHostToDevice));
-            const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR | (odirect ? O_DIRECT : 0), 0644);
+            const int fd =
+                ::open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR | (odirect ? O_DIRECT : 0), 0644);
             ASSERT_GE(fd, 0);
             ASSERT_EQ(phxfs_write({fd, 0}, gpu_, c.buf_off, c.len, c.file_off),
                       static_cast<ssize_t>(c.len))

@@ -9,7 +9,7 @@ using namespace phxtest;
 namespace {
 
 // Expects a call to fail with errno err and a non-empty message.
-#define EXPECT_FAILS(call, err)                                                                  \
+#define EXPECT_FAILS(call, err)                                                                    \
     do {                                                                                           \
         errno = 0;                                                                                 \
         EXPECT_EQ((call), -1);                                                                     \
@@ -78,7 +78,7 @@ TEST_F(Registration, RoundTrip) {
     st.size = sizeof st;
     ASSERT_EQ(phxfs_get_stats(0, &st), 0);
     EXPECT_EQ(st.registrations, 1u);
-    EXPECT_FAILS(phxfs_deregmem(0, buf.get() + 3, 99999), EINVAL); // wrong length
+    EXPECT_FAILS(phxfs_deregmem(0, buf.get() + 3, 99999), EINVAL);  // wrong length
     EXPECT_FAILS(phxfs_deregmem(0, buf.get() + 4, 100000), EINVAL); // wrong address
     EXPECT_EQ(phxfs_deregmem(0, buf.get() + 3, 100000), 0);
     EXPECT_FAILS(phxfs_deregmem(0, buf.get() + 3, 100000), EINVAL); // twice
@@ -99,13 +99,13 @@ TEST_F(Registration, OverlapsRefused) {
     uint8_t *b = buf.get();
     void *t = nullptr;
     ASSERT_EQ(phxfs_regmem(0, b + 4096, 8192, &t), 0);
-    EXPECT_FAILS(phxfs_regmem(0, b + 4096, 8192, &t), EEXIST);  // same range
-    EXPECT_FAILS(phxfs_regmem(0, b, 4097, &t), EEXIST);         // overlaps the start
-    EXPECT_FAILS(phxfs_regmem(0, b + 12287, 10, &t), EEXIST);   // overlaps the end
-    EXPECT_FAILS(phxfs_regmem(0, b + 5000, 10, &t), EEXIST);    // inside
-    EXPECT_FAILS(phxfs_regmem(0, b, 1 << 16, &t), EEXIST);      // around
-    EXPECT_EQ(phxfs_regmem(0, b, 4096, &t), 0);                 // adjacent below
-    EXPECT_EQ(phxfs_regmem(0, b + 12288, 4096, &t), 0);         // adjacent above
+    EXPECT_FAILS(phxfs_regmem(0, b + 4096, 8192, &t), EEXIST); // same range
+    EXPECT_FAILS(phxfs_regmem(0, b, 4097, &t), EEXIST);        // overlaps the start
+    EXPECT_FAILS(phxfs_regmem(0, b + 12287, 10, &t), EEXIST);  // overlaps the end
+    EXPECT_FAILS(phxfs_regmem(0, b + 5000, 10, &t), EEXIST);   // inside
+    EXPECT_FAILS(phxfs_regmem(0, b, 1 << 16, &t), EEXIST);     // around
+    EXPECT_EQ(phxfs_regmem(0, b, 4096, &t), 0);                // adjacent below
+    EXPECT_EQ(phxfs_regmem(0, b + 12288, 4096, &t), 0);        // adjacent above
     EXPECT_EQ(phxfs_deregmem(0, b, 4096), 0);
     EXPECT_EQ(phxfs_deregmem(0, b + 4096, 8192), 0);
     EXPECT_EQ(phxfs_deregmem(0, b + 12288, 4096), 0);
@@ -151,7 +151,7 @@ TEST_F(IoErrors, AppendRefused) {
     int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND);
     EXPECT_FAILS(phxfs_write({fd, 0}, buf.get(), 0, 4096, 0), EINVAL);
     ::close(fd);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(path_.c_str(), &st), 0);
     EXPECT_EQ(st.st_size, 1 << 20);
 }

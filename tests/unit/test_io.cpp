@@ -23,8 +23,8 @@ struct Case {
 
 std::vector<Case> cases() {
     std::vector<Case> out;
-    const size_t lens[] = {1, 7, 4095, 4096, 4097, kChunk - 1, kChunk, kChunk + 1,
-                           3 * kChunk + 17, 9 * kChunk};
+    const size_t lens[] = {
+        1, 7, 4095, 4096, 4097, kChunk - 1, kChunk, kChunk + 1, 3 * kChunk + 17, 9 * kChunk};
     const uint64_t offs[] = {0, 1, 4095, 4096, kChunk - 1, kChunk + 4096};
     for (size_t len : lens)
         for (uint64_t off : offs)
@@ -94,8 +94,7 @@ TEST_P(ReadWrite, WritesMatchTheBuffer) {
         const ssize_t n = ::pread(check, back.data(), back.size(), from);
         ::close(check);
         ASSERT_GE(n, static_cast<ssize_t>(c.file_off - from + c.len));
-        ASSERT_EQ(first_mismatch(back.data() + (c.file_off - from), c.len, c.file_off, seed),
-                  c.len)
+        ASSERT_EQ(first_mismatch(back.data() + (c.file_off - from), c.len, c.file_off, seed), c.len)
             << "off " << c.file_off << " len " << c.len;
         // Restore the original pattern around the write for the next case.
         make_pattern_file(path_, kFile);
@@ -153,7 +152,7 @@ TEST_F(EdgeCases, WriteExtendsFileAndFillsHoles) {
     auto buf = host_buffer(len);
     fill_pattern(buf.get(), len, off);
     ASSERT_EQ(phxfs_write({fd, 0}, buf.get(), 0, len, off), static_cast<ssize_t>(len));
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::fstat(fd, &st), 0);
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), off + len);
     auto back = host_buffer(off + len);
@@ -166,7 +165,7 @@ TEST_F(EdgeCases, WriteExtendsFileAndFillsHoles) {
 
 // tmpfs refuses O_DIRECT; buffered fds there must work as anywhere else.
 TEST_F(EdgeCases, FileSystemWithoutODirect) {
-    struct statfs sfs{};
+    struct statfs sfs {};
     if (::statfs("/dev/shm", &sfs) != 0)
         GTEST_SKIP() << "no /dev/shm";
     char tmpl[] = "/dev/shm/phxfs-test-XXXXXX";

@@ -6,7 +6,7 @@ using namespace phxtest;
 
 namespace {
 
-constexpr uint64_t kOff = 3 * 4096 + 8; // not 4 KiB aligned
+constexpr uint64_t kOff = 3 * 4096 + 8;        // not 4 KiB aligned
 constexpr size_t kLen = (size_t(5) << 29) + 8; // 2.5 GiB + 8 bytes
 
 class Large : public DeviceTest {};
@@ -27,8 +27,8 @@ TEST_F(Large, ReadAndWriteOverTwoGiBInOneCall) {
         << phxfs_last_error();
     std::memset(buf.get(), 0, kLen);
     for (uint64_t done = 0; done < kLen;) {
-        const ssize_t n = ::pread(fd, buf.get() + done, std::min<uint64_t>(kLen - done, 1 << 30),
-                                  kOff + done);
+        const ssize_t n =
+            ::pread(fd, buf.get() + done, std::min<uint64_t>(kLen - done, 1 << 30), kOff + done);
         ASSERT_GT(n, 0);
         done += n;
     }
