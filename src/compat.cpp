@@ -77,6 +77,18 @@ class Job {
     UniqueFd twin_;
 };
 
+// Records a participant's failure (call from a catch block) once its copy in
+// flight has finished: the lane goes back to the pool and must be idle.
+void fail_participant(Job &job, Stream &stream, bool pending) {
+    if (pending) {
+        try {
+            stream.wait();
+        } catch (...) { // the first error is the one to report
+        }
+    }
+    job.set_error(std::current_exception());
+}
+
 bool is_einval(const Error &e) {
     return e.err() == EINVAL;
 }
@@ -174,12 +186,7 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
             if (pending)
                 stream.wait();
         } catch (...) {
-            if (pending)
-                try {
-                    stream.wait();
-                } catch (...) {
-                }
-            job.set_error(std::current_exception());
+            fail_participant(job, stream, pending);
         }
     });
     job.rethrow();
@@ -223,12 +230,7 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
                 cur ^= 1;
             }
         } catch (...) {
-            if (pending)
-                try {
-                    stream.wait();
-                } catch (...) {
-                }
-            job.set_error(std::current_exception());
+            fail_participant(job, stream, pending);
         }
     });
     job.rethrow();

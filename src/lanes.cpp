@@ -2,13 +2,24 @@
 
 namespace phxfs::core {
 
+// Makes a lane whose budget take_locked() reserved; gives the budget back if
+// the allocation fails.
 std::unique_ptr<Lane> LanePool::make(size_t bytes) {
-    auto lane = std::make_unique<Lane>();
-    lane->bytes = bytes;
-    lane->staging[0] = backend_.alloc_staging(bytes);
-    lane->staging[1] = backend_.alloc_staging(bytes);
-    lane->stream = backend_.make_stream();
-    return lane;
+    try {
+        auto lane = std::make_unique<Lane>();
+        lane->bytes = bytes;
+        lane->staging[0] = backend_.alloc_staging(bytes);
+        lane->staging[1] = backend_.alloc_staging(bytes);
+        lane->stream = backend_.make_stream();
+        return lane;
+    } catch (...) {
+        {
+            std::lock_guard lock(m_);
+            in_use_bytes_ -= 2 * bytes;
+        }
+        cv_.notify_one();
+        throw;
+    }
 }
 
 // Takes an idle lane of the right size, or reserves budget for a new one
@@ -46,14 +57,7 @@ std::unique_ptr<Lane> LanePool::acquire(size_t bytes, size_t budget) {
         cv_.wait(lock);
     }
     lock.unlock();
-    try {
-        return make(bytes);
-    } catch (...) {
-        std::lock_guard relock(m_);
-        in_use_bytes_ -= 2 * bytes;
-        cv_.notify_one();
-        throw;
-    }
+    return make(bytes);
 }
 
 std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
@@ -67,9 +71,6 @@ std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
     try {
         return make(bytes);
     } catch (...) {
-        std::lock_guard relock(m_);
-        in_use_bytes_ -= 2 * bytes;
-        cv_.notify_one();
         return nullptr; // the caller's own lane carries on
     }
 }
