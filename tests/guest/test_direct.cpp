@@ -1,0 +1,288 @@
+// The direct path inside the VM, through the public API only: phxfs.ko's
+// pcibar provider serves the ivshmem BAR as device 0, the emulated NVMe disk
+// and an ext4 file system on a second disk are the storage.
+//
+// Each test takes its own BAR and disk ranges (never reused), and prints
+//   HOSTCHECK bar <bar_offset> disk <disk_offset> len <bytes>
+// for every range whose final contents must be equal: the host compares the
+// BAR's backing file with the disk image after the VM exits, so no CPU read
+// in the guest is trusted for the verdict. Environment (set by the harness):
+//   PHXFS_GUEST_DISK     raw disk the tests may overwrite (/dev/nvme0n1)
+//   PHXFS_GUEST_DISK_OFF first byte of the disk the tests may use (0)
+//   PHXFS_GUEST_BAR_OFF  first BAR byte the tests may use (0)
+//   PHXFS_GUEST_FS       mount point of an ext4 file system (skips if unset)
+#include "../unit/testutil.hpp"
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+using namespace phxtest;
+
+namespace {
+
+uint64_t env_u64(const char *name, uint64_t def) {
+    const char *v = std::getenv(name);
+    return v && *v ? std::strtoull(v, nullptr, 0) : def;
+}
+
+// Hands out BAR and disk ranges that no other test touches.
+struct Ranges {
+    std::mutex m;
+    uint64_t bar = env_u64("PHXFS_GUEST_BAR_OFF", 0);
+    uint64_t disk = env_u64("PHXFS_GUEST_DISK_OFF", 0);
+    std::pair<uint64_t, uint64_t> take(uint64_t len) {
+        std::lock_guard lock(m);
+        const uint64_t step = (len + (1 << 20) - 1) / (1 << 20) * (1 << 20) + (1 << 20);
+        auto r = std::make_pair(bar, disk);
+        bar += step;
+        disk += step;
+        return r;
+    }
+};
+Ranges ranges;
+
+void hostcheck(uint64_t bar, uint64_t disk, uint64_t len) {
+    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar,
+                (unsigned long long)disk, (unsigned long long)len);
+    std::fflush(stdout);
+}
+
+phxfs_stats stats() {
+    phxfs_stats st{};
+    st.size = sizeof st;
+    EXPECT_EQ(phxfs_get_stats(0, &st), 0);
+    return st;
+}
+
+const char *disk_path() {
+    const char *d = std::getenv("PHXFS_GUEST_DISK");
+    return d && *d ? d : "/dev/nvme0n1";
+}
+
+class Guest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        ASSERT_EQ(phxfs_open(0), 0) << phxfs_last_error();
+        phxfs_device_info info{};
+        info.size = sizeof info;
+        ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
+        ASSERT_EQ(info.kind, PHXFS_DEVICE_PCIBAR) << info.name;
+        ASSERT_EQ(info.direct, 1) << info.why_not_direct;
+        ASSERT_EQ(phxfs_reset_stats(0), 0);
+    }
+    void TearDown() override {
+        for (auto &[addr, len] : regs_)
+            EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(addr), len), 0)
+                << phxfs_last_error();
+        EXPECT_EQ(phxfs_close(0), 0);
+    }
+    // Registers BAR [off, off + len) and returns its CPU mapping.
+    uint8_t *reg(uint64_t off, uint64_t len) {
+        void *t = nullptr;
+        EXPECT_EQ(phxfs_regmem(0, reinterpret_cast<void *>(off), len, &t), 0) << phxfs_last_error();
+        regs_.emplace_back(off, len);
+        return static_cast<uint8_t *>(t);
+    }
+    // Puts the pattern on the raw disk at off with O_DIRECT from host memory.
+    static void disk_pattern(uint64_t off, uint64_t len, uint64_t seed) {
+        const int fd = ::open(disk_path(), O_WRONLY | O_DIRECT);
+        ASSERT_GE(fd, 0);
+        auto buf = host_buffer(len);
+        fill_pattern_fast(buf.get(), len, off, seed);
+        ASSERT_EQ(::pwrite(fd, buf.get(), len, off), static_cast<ssize_t>(len));
+        ::close(fd);
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> regs_;
+};
+
+// Reads from the raw disk straight into the BAR: every byte by DMA.
+TEST_F(Guest, DiskToBarAligned) {
+    for (uint64_t len : {4096ull, 65536ull, (1ull << 20) + 4096, 16ull << 20, 256ull << 20}) {
+        auto [bar, disk] = ranges.take(len);
+        disk_pattern(disk, len, 7);
+        uint8_t *t = reg(bar, len);
+        const int fd = ::open(disk_path(), O_RDONLY);
+        ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, disk),
+                  static_cast<ssize_t>(len))
+            << phxfs_last_error();
+        ::close(fd);
+        const size_t probe = std::min<uint64_t>(len, 4096);
+        EXPECT_EQ(first_mismatch(t, probe, disk, 7), probe) << "len " << len;
+        hostcheck(bar, disk, len);
+    }
+    const phxfs_stats st = stats();
+    EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_bytes, 0u) << "aligned reads must not bounce";
+    EXPECT_GT(st.path[PHXFS_PATH_DIRECT].read_bytes, 256ull << 20);
+}
+
+// Unaligned offsets and lengths: the aligned middle by DMA, the edges bounce.
+TEST_F(Guest, DiskToBarUnaligned) {
+    const uint64_t len = (4 << 20) + 1000;
+    auto [bar, disk] = ranges.take(len + 8192);
+    disk_pattern(disk, len + 8192, 8);
+    reg(bar, len + 8192);
+    const int fd = ::open(disk_path(), O_RDONLY | O_DIRECT);
+    // buffer offset == file offset mod 4 KiB, so the middle can go direct
+    ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 100, len, disk + 100),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    ::close(fd);
+    hostcheck(bar + 100, disk + 100, len);
+    const phxfs_stats st = stats();
+    EXPECT_GT(st.path[PHXFS_PATH_DIRECT].read_bytes, 4u << 20);
+    EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_bytes, len - st.path[PHXFS_PATH_DIRECT].read_bytes);
+    EXPECT_GE(st.fallbacks, 1u);
+}
+
+// Device memory to disk by DMA: the NVMe controller reads the BAR.
+TEST_F(Guest, BarToDisk) {
+    const uint64_t len = 8 << 20;
+    auto [bar, disk] = ranges.take(len);
+    uint8_t *t = reg(bar, len);
+    fill_pattern_fast(t, len, disk, 9); // the CPU fills device memory
+    const int fd = ::open(disk_path(), O_RDWR);
+    ASSERT_EQ(phxfs_write({fd, 0}, reinterpret_cast<void *>(bar), 0, len, disk),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    ::close(fd);
+    hostcheck(bar, disk, len);
+    EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].write_bytes, len);
+}
+
+TEST_F(Guest, DirectModeRefusesToBounce) {
+    phxfs_config saved{};
+    saved.size = sizeof saved;
+    ASSERT_EQ(phxfs_get_config(&saved), 0);
+    phxfs_config c = saved;
+    c.mode = PHXFS_MODE_DIRECT;
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+    auto [bar, disk] = ranges.take(1 << 20);
+    reg(bar, 1 << 20);
+    const int fd = ::open(disk_path(), O_RDONLY);
+    EXPECT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, 1 << 20, disk), 1 << 20);
+    errno = 0;
+    EXPECT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 1, 5000, disk + 1), -1);
+    EXPECT_EQ(errno, ENOTSUP) << phxfs_last_error();
+    ::close(fd);
+    ASSERT_EQ(phxfs_set_config(&saved), 0);
+    hostcheck(bar, disk, 1 << 20);
+}
+
+TEST_F(Guest, ConcurrentThreads) {
+    constexpr int kThreads = 4;
+    constexpr uint64_t kLen = 4 << 20;
+    std::vector<std::pair<uint64_t, uint64_t>> rs;
+    for (int i = 0; i < kThreads; ++i) {
+        rs.push_back(ranges.take(kLen));
+        disk_pattern(rs.back().second, kLen, 20 + i);
+        reg(rs.back().first, kLen);
+    }
+    std::atomic<int> bad{0};
+    std::vector<std::thread> th;
+    for (int i = 0; i < kThreads; ++i)
+        th.emplace_back([&, i] {
+            const int fd = ::open(disk_path(), O_RDONLY);
+            for (int round = 0; round < 3; ++round)
+                if (phxfs_read({fd, 0}, reinterpret_cast<void *>(rs[i].first), 0, kLen,
+                               rs[i].second) != static_cast<ssize_t>(kLen))
+                    ++bad;
+            ::close(fd);
+        });
+    for (auto &t : th)
+        t.join();
+    EXPECT_EQ(bad, 0) << phxfs_last_error();
+    for (auto &[bar, disk] : rs)
+        hostcheck(bar, disk, kLen);
+}
+
+class GuestFs : public Guest {
+  protected:
+    void SetUp() override {
+        const char *fs = std::getenv("PHXFS_GUEST_FS");
+        if (!fs || !*fs)
+            GTEST_SKIP() << "PHXFS_GUEST_FS not set";
+        dir_ = fs;
+        Guest::SetUp();
+    }
+    std::string dir_;
+};
+
+TEST_F(GuestFs, FileToBarAndPageCacheCoherence) {
+    const std::string path = dir_ + "/coherent.dat";
+    const uint64_t len = 2 << 20;
+    make_pattern_file(path, len, 31); // through the page cache
+    auto [bar, unused] = ranges.take(len);
+    uint8_t *t = reg(bar, len);
+    // A buffered write is seen by a later direct read.
+    int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    EXPECT_EQ(first_mismatch(t, len, 0, 31), len);
+    EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].read_bytes, len);
+    // A direct write is seen by a later buffered read.
+    fill_pattern_fast(t, len, 0, 32);
+    ASSERT_EQ(phxfs_write({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0),
+              static_cast<ssize_t>(len));
+    std::vector<uint8_t> back(len);
+    ASSERT_EQ(::pread(fd, back.data(), len, 0), static_cast<ssize_t>(len));
+    EXPECT_EQ(first_mismatch(back.data(), len, 0, 32), len);
+    // Another process writes through the page cache; a direct read sees it.
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        const int cfd = ::open(path.c_str(), O_WRONLY);
+        std::vector<uint8_t> d(len);
+        fill_pattern(d.data(), len, 0, 33);
+        _exit(::pwrite(cfd, d.data(), len, 0) == static_cast<ssize_t>(len) ? 0 : 1);
+    }
+    int status = -1;
+    ::waitpid(pid, &status, 0);
+    ASSERT_EQ(status, 0);
+    ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0),
+              static_cast<ssize_t>(len));
+    EXPECT_EQ(first_mismatch(t, len, 0, 33), len);
+    ::close(fd);
+}
+
+TEST_F(GuestFs, SparseFileReadsZerosIntoDeviceMemory) {
+    const std::string path = dir_ + "/sparse.dat";
+    const uint64_t len = 8 << 20;
+    int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR, 0644);
+    ASSERT_EQ(::ftruncate(fd, len), 0);
+    std::vector<uint8_t> d(4096);
+    fill_pattern(d.data(), d.size(), 3 << 20, 40);
+    ASSERT_EQ(::pwrite(fd, d.data(), d.size(), 3 << 20), 4096);
+    ASSERT_EQ(::fsync(fd), 0);
+    auto [bar, unused] = ranges.take(len);
+    uint8_t *t = reg(bar, len);
+    std::memset(t, 0xAA, len);
+    ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    for (uint64_t i = 0; i < len; i += 512) {
+        const bool data = i >= (3u << 20) && i < (3u << 20) + 4096;
+        ASSERT_EQ(t[i], data ? pattern_byte(i, 40) : 0) << "at " << i;
+    }
+    ::close(fd);
+}
+
+TEST_F(GuestFs, UnalignedFileEndAndShortRead) {
+    const std::string path = dir_ + "/odd.dat";
+    const uint64_t size = (1 << 20) + 333;
+    make_pattern_file(path, size, 50);
+    auto [bar, unused] = ranges.take(2 << 20);
+    uint8_t *t = reg(bar, 2 << 20);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
+    ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, 2 << 20, 0),
+              static_cast<ssize_t>(size))
+        << phxfs_last_error();
+    EXPECT_EQ(first_mismatch(t, size, 0, 50), size);
+    ::close(fd);
+}
+
+} // namespace
