@@ -229,25 +229,42 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
     };
     const Segment segs[] = {{off, ma, false}, {ma, mb, true}, {mb, end, false}};
     uint64_t done_to = off;
+    auto compat = [&](uint64_t a, size_t len) -> size_t {
+        if (write) {
+            compat_->write(fi, r.buf + (a - off), r.kind, len, a);
+            return len;
+        }
+        return compat_->read(fi, r.buf + (a - off), r.kind, len, a);
+    };
+    auto direct = [&](uint64_t a, size_t len) -> size_t {
+        const int dfd = twin ? twin.get() : fd;
+        char *mapped = r.direct + (a - off);
+        if (write) {
+            direct_write(dfd, mapped, len, a);
+            return len;
+        }
+        return direct_read(dfd, mapped, len, a);
+    };
     for (const Segment &s : segs) {
         if (s.a == s.b)
             continue;
         const uint64_t t0 = now_ns();
         const size_t len = s.b - s.a;
-        size_t got = len;
-        if (s.direct) {
-            const int dfd = twin ? twin.get() : fd;
-            char *mapped = r.direct + (s.a - off);
-            if (write)
-                direct_write(dfd, mapped, len, s.a);
-            else
-                got = direct_read(dfd, mapped, len, s.a);
-        } else if (write) {
-            compat_->write(fi, r.buf + (s.a - off), r.kind, len, s.a);
-        } else {
-            got = compat_->read(fi, r.buf + (s.a - off), r.kind, len, s.a);
+        phxfs_path path = s.direct ? PHXFS_PATH_DIRECT : PHXFS_PATH_COMPAT;
+        size_t got = 0;
+        try {
+            got = s.direct ? direct(s.a, len) : compat(s.a, len);
+        } catch (const Error &e) {
+            // The kernel may still refuse O_DIRECT on the mapping (a file
+            // system without direct I/O for this file, GUP refusing device
+            // pages on a P2PDMA kernel): auto mode bounces the segment.
+            if (!s.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
+                throw;
+            stats_.fallback();
+            path = PHXFS_PATH_COMPAT;
+            got = compat(s.a, len);
         }
-        stats_.add(s.direct ? PHXFS_PATH_DIRECT : PHXFS_PATH_COMPAT, write, got, now_ns() - t0);
+        stats_.add(path, write, got, now_ns() - t0);
         done_to = s.a + got;
         if (got < len)
             break; // end of file
