@@ -25,6 +25,12 @@ bool overflows(uintptr_t a, size_t n) {
     return a + n < a;
 }
 
+// Errors with which the kernel refuses O_DIRECT on a mapping, as opposed to
+// failing the I/O itself.
+bool refused_direct(int err) {
+    return err == EINVAL || err == EFAULT || err == EOPNOTSUPP;
+}
+
 void copy_str(char *dst, size_t cap, const std::string &s) {
     std::strncpy(dst, s.c_str(), cap - 1);
     dst[cap - 1] = '\0';
