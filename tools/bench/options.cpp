@@ -1,0 +1,221 @@
+// options.cpp - the command line of phxfs-bench (CLI11).
+#include "options.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cctype>
+#include <cstdio>
+#include <map>
+#include <stdexcept>
+
+namespace phxbench {
+
+uint64_t parse_size(const std::string &s) {
+    if (s.empty())
+        throw std::invalid_argument("empty size");
+    size_t used = 0;
+    unsigned long long v = 0;
+    try {
+        v = std::stoull(s, &used, 10);
+    } catch (const std::exception &) {
+        throw std::invalid_argument("bad size '" + s + "'");
+    }
+    std::string suffix = s.substr(used);
+    if (!suffix.empty() && (suffix.back() == 'B' || suffix.back() == 'b'))
+        suffix.pop_back(); // "16MB", "16MiB": both powers of 1024
+    if (suffix.size() == 2 && (suffix[1] == 'i' || suffix[1] == 'I'))
+        suffix.pop_back();
+    int shift = 0;
+    if (suffix.size() > 1)
+        throw std::invalid_argument("bad size suffix in '" + s + "'");
+    if (!suffix.empty()) {
+        switch (suffix[0]) {
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        case 't':
+        case 'T':
+            shift = 40;
+            break;
+        default:
+            throw std::invalid_argument("bad size suffix in '" + s + "'");
+        }
+    }
+    if (shift && v > (~0ull >> shift))
+        throw std::invalid_argument("size '" + s + "' overflows");
+    return static_cast<uint64_t>(v) << shift;
+}
+
+std::vector<uint64_t> parse_size_sweep(const std::string &s) {
+    const auto c1 = s.find(':');
+    if (c1 == std::string::npos)
+        return {parse_size(s)};
+    const auto c2 = s.find(':', c1 + 1);
+    if (c2 == std::string::npos)
+        throw std::invalid_argument("a sweep is min:max:step, got '" + s + "'");
+    const uint64_t lo = parse_size(s.substr(0, c1));
+    const uint64_t hi = parse_size(s.substr(c1 + 1, c2 - c1 - 1));
+    std::string step = s.substr(c2 + 1);
+    const bool mult = !step.empty() && (step[0] == 'x' || step[0] == '*');
+    const uint64_t st = parse_size(mult ? step.substr(1) : step);
+    if (lo == 0 || hi < lo || st == 0 || (mult && st < 2))
+        throw std::invalid_argument("bad sweep '" + s +
+                                    "' (want 0 < min <= max, step > 0, xN > 1)");
+    std::vector<uint64_t> out;
+    for (uint64_t v = lo; v <= hi; v = mult ? v * st : v + st) {
+        out.push_back(v);
+        if (out.size() > 4096)
+            throw std::invalid_argument("sweep '" + s + "' has too many steps");
+    }
+    return out;
+}
+
+bool is_write(IoType t) {
+    return t == IoType::write || t == IoType::randwrite;
+}
+bool is_random(IoType t) {
+    return t == IoType::randread || t == IoType::randwrite;
+}
+
+const char *name(IoType t) {
+    switch (t) {
+    case IoType::read:
+        return "READ";
+    case IoType::write:
+        return "WRITE";
+    case IoType::randread:
+        return "RANDREAD";
+    case IoType::randwrite:
+        return "RANDWRITE";
+    }
+    return "?";
+}
+const char *name(MemType t) {
+    switch (t) {
+    case MemType::device:
+        return "device";
+    case MemType::pinned:
+        return "pinned";
+    case MemType::pageable:
+        return "pageable";
+    }
+    return "?";
+}
+const char *name(PathType t) {
+    switch (t) {
+    case PathType::phxfs:
+        return "phxfs";
+    case PathType::compat:
+        return "compat";
+    case PathType::direct:
+        return "direct";
+    case PathType::naive:
+        return "naive";
+    }
+    return "?";
+}
+
+std::string human_bytes(uint64_t n) {
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = static_cast<double>(n);
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        ++u;
+    }
+    char buf[32];
+    if (u == 0 || v == static_cast<double>(static_cast<uint64_t>(v)))
+        std::snprintf(buf, sizeof buf, "%.0f %s", v, units[u]);
+    else
+        std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+    return buf;
+}
+
+Options parse_options(int argc, char **argv) {
+    Options o;
+    CLI::App app{"phxfs-bench: a gdsio-like load generator for libphxfs. Moves a generated file "
+                 "between storage and device memory and reports throughput, latency and the path "
+                 "that moved the bytes."};
+    std::string size_s, io_s = "1M", total_s;
+    double duration = 0;
+    const std::map<std::string, IoType> io_map{{"read", IoType::read},
+                                               {"write", IoType::write},
+                                               {"randread", IoType::randread},
+                                               {"randwrite", IoType::randwrite}};
+    const std::map<std::string, MemType> mem_map{
+        {"device", MemType::device}, {"pinned", MemType::pinned}, {"pageable", MemType::pageable}};
+    const std::map<std::string, PathType> path_map{{"phxfs", PathType::phxfs},
+                                                   {"compat", PathType::compat},
+                                                   {"direct", PathType::direct},
+                                                   {"naive", PathType::naive}};
+    app.add_option("-f,--file", o.file,
+                   "the data file (created with the pattern when missing "
+                   "or smaller than --size)")
+        ->required();
+    app.add_option("-s,--size", size_s,
+                   "file size, with K M G T suffixes (default: the size of "
+                   "an existing file)");
+    app.add_option("-i,--io-size", io_s, "request size, or a sweep min:max:step (step +N or xN)")
+        ->capture_default_str();
+    app.add_option("-t,--threads", o.threads, "threads, each with its own buffer")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1024u));
+    std::string io_name = "read", mem_name = "device", path_name = "phxfs";
+    app.add_option("-I,--io", io_name, "read|write|randread|randwrite")
+        ->check(CLI::IsMember(io_map, CLI::ignore_case))
+        ->capture_default_str();
+    app.add_option("-d,--gpu", o.device, "phxfs device id")->capture_default_str();
+    app.add_option("-m,--mem", mem_name, "device|pinned|pageable buffers")
+        ->check(CLI::IsMember(mem_map, CLI::ignore_case))
+        ->capture_default_str();
+    app.add_option("-x,--path", path_name,
+                   "phxfs (library auto mode), compat, direct, or naive (pread + copy)")
+        ->check(CLI::IsMember(path_map, CLI::ignore_case))
+        ->capture_default_str();
+    auto *dur =
+        app.add_option("-T,--duration", duration, "run for SECONDS")->check(CLI::PositiveNumber);
+    auto *tot = app.add_option("-b,--bytes", total_s, "move TOTAL bytes in all (K M G suffixes)");
+    dur->excludes(tot);
+    app.add_flag("--verify", o.verify, "check every byte moved against the file pattern");
+    app.add_flag("--cold", o.cold, "drop the file from the page cache and open it O_DIRECT");
+    app.add_flag("--json", o.json, "print one JSON object per run");
+    app.add_flag("--keep", o.keep, "keep a file this run created (default: remove it)");
+    try {
+        app.parse(argc, argv);
+        const auto lower = [](std::string v) {
+            for (char &c : v)
+                c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            return v;
+        };
+        o.io = io_map.at(lower(io_name));
+        o.mem = mem_map.at(lower(mem_name));
+        o.path = path_map.at(lower(path_name));
+        if (!size_s.empty())
+            o.file_size = parse_size(size_s);
+        o.io_sizes = parse_size_sweep(io_s);
+        if (*dur)
+            o.duration_s = duration;
+        if (*tot)
+            o.total_bytes = parse_size(total_s);
+        for (uint64_t s : o.io_sizes)
+            if (s == 0)
+                throw std::invalid_argument("io size must be > 0");
+    } catch (const CLI::ParseError &e) {
+        std::exit(app.exit(e) == 0 ? 0 : 1);
+    } catch (const std::invalid_argument &e) {
+        std::fprintf(stderr, "phxfs-bench: %s\nRun with --help for more information.\n", e.what());
+        std::exit(1);
+    }
+    return o;
+}
+
+} // namespace phxbench

@@ -1,0 +1,527 @@
+// workload.cpp - the data file and one timed run of phxfs-bench: each thread
+// owns a buffer and a region of the file (or random request-aligned offsets)
+// and times every request.
+#include "workload.hpp"
+
+#include "memory.hpp"
+#include "pattern.hpp"
+
+#include <phxfs/phxfs.hpp>
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <latch>
+#include <map>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+namespace phxbench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kChunk = 16 << 20; // file generation and checks
+
+std::string errno_msg(const std::string &what) {
+    return what + ": " + std::strerror(errno);
+}
+
+// An owned file descriptor.
+class Fd {
+  public:
+    explicit Fd(int fd = -1) : fd_(fd) {}
+    ~Fd() {
+        if (fd_ >= 0)
+            ::close(fd_);
+    }
+    Fd(Fd &&o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    Fd &operator=(Fd &&) = delete;
+    Fd(const Fd &) = delete;
+    int get() const { return fd_; }
+
+  private:
+    int fd_;
+};
+
+Fd open_or_throw(const std::string &path, int flags, mode_t mode = 0644) {
+    Fd fd(::open(path.c_str(), flags | O_CLOEXEC, mode));
+    if (fd.get() < 0)
+        throw std::runtime_error(errno_msg("open " + path));
+    return fd;
+}
+
+void pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
+    const auto *p = static_cast<const uint8_t *>(buf);
+    while (n) {
+        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            throw std::runtime_error(errno_msg("pwrite at " + std::to_string(off)));
+        p += w, n -= static_cast<size_t>(w), off += static_cast<uint64_t>(w);
+    }
+}
+
+// Reads n bytes; returns fewer only at end of file.
+size_t pread_all(int fd, void *buf, size_t n, uint64_t off) {
+    auto *p = static_cast<uint8_t *>(buf);
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            throw std::runtime_error(errno_msg("pread at " + std::to_string(off + done)));
+        if (r == 0)
+            break;
+        done += static_cast<size_t>(r);
+    }
+    return done;
+}
+
+void write_pattern(int fd, uint64_t from, uint64_t to) {
+    HostBuffer buf = alloc_host(kChunk);
+    for (uint64_t off = from; off < to; off += kChunk) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
+        fill_pattern(buf.get(), len, off);
+        pwrite_all(fd, buf.get(), len, off);
+    }
+}
+
+// Checks [from, to) of the file against the pattern with plain pread;
+// returns the first offset that differs.
+std::optional<uint64_t> check_pattern(int fd, uint64_t from, uint64_t to) {
+    HostBuffer buf = alloc_host(kChunk);
+    for (uint64_t off = from; off < to; off += kChunk) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
+        const size_t got = pread_all(fd, buf.get(), len, off);
+        const size_t mm = first_mismatch(buf.get(), got, off);
+        if (mm < got)
+            return off + mm;
+        if (got < len)
+            return off + got; // the file ends early
+    }
+    return std::nullopt;
+}
+
+// Makes [0, n) of the file read as zeros, so that a verified write run must
+// really write every byte it claims to. Keeps the blocks allocated where the
+// file system can.
+void zero_range(int fd, uint64_t n) {
+    if (::fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, static_cast<off_t>(n)) == 0)
+        return;
+    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(n)) == 0)
+        return;
+    HostBuffer buf = alloc_host(kChunk);
+    std::memset(buf.get(), 0, kChunk);
+    for (uint64_t off = 0; off < n; off += kChunk)
+        pwrite_all(fd, buf.get(), static_cast<size_t>(std::min<uint64_t>(kChunk, n - off)), off);
+}
+
+// Sets the library's mode for the run and restores the previous config.
+class ModeGuard {
+  public:
+    explicit ModeGuard(PathType p) {
+        if (p != PathType::compat && p != PathType::direct)
+            return;
+        saved_ = phxfs::get_config();
+        phxfs_config c = saved_;
+        c.mode = p == PathType::compat ? PHXFS_MODE_COMPAT : PHXFS_MODE_DIRECT;
+        phxfs::set_config(c);
+        active_ = true;
+    }
+    ~ModeGuard() {
+        if (active_)
+            phxfs_set_config(&saved_);
+    }
+    ModeGuard(const ModeGuard &) = delete;
+    ModeGuard &operator=(const ModeGuard &) = delete;
+
+  private:
+    phxfs_config saved_{};
+    bool active_ = false;
+};
+
+double tv_s(const timeval &tv) {
+    return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6;
+}
+
+// What every worker shares.
+struct Shared {
+    const Options &o;
+    uint64_t io_size, file_size;
+    int fd;
+    std::latch ready;
+    std::latch start{1};
+    Clock::time_point deadline = Clock::time_point::max();
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> progress{0};
+    std::mutex m; // guards the failure fields
+    std::string error;
+    std::optional<uint64_t> mismatch;
+    std::string mismatch_detail;
+    std::string note;
+
+    Shared(const Options &opt, uint64_t io, uint64_t fs, int f, unsigned n)
+        : o(opt), io_size(io), file_size(fs), fd(f), ready(n) {}
+
+    void fail(const std::string &e) {
+        std::lock_guard lock(m);
+        if (error.empty())
+            error = e;
+        stop = true;
+    }
+    void mismatch_at(uint64_t off, const std::string &detail) {
+        std::lock_guard lock(m);
+        if (!mismatch || off < *mismatch) {
+            mismatch = off;
+            mismatch_detail = detail;
+        }
+        stop = true;
+    }
+};
+
+// The requests of one thread: its region in order, wrapping around, or
+// random request-aligned offsets over the whole file.
+class Requests {
+  public:
+    Requests(const Shared &s, unsigned t)
+        : io_(s.io_size), file_(s.file_size), random_(is_random(s.o.io)), rng_(0x5eed + t) {
+        const unsigned n = s.o.threads;
+        const uint64_t share = s.file_size / n / 4096 * 4096;
+        begin_ = share * t;
+        end_ = t + 1 == n ? s.file_size : begin_ + share;
+        cursor_ = begin_;
+        if (s.o.total_bytes)
+            budget_ = *s.o.total_bytes / n + (t == 0 ? *s.o.total_bytes % n : 0);
+        else if (!s.o.duration_s)
+            budget_ = end_ - begin_; // one pass: the region, or as many random bytes
+        blocks_ = std::max<uint64_t>(1, file_ / io_);
+    }
+    // Next (offset, length), or false when the thread is done.
+    bool next(uint64_t &off, uint64_t &len) {
+        if (budget_ && moved_ >= *budget_)
+            return false;
+        if (random_) {
+            off = std::uniform_int_distribution<uint64_t>(0, blocks_ - 1)(rng_) * io_;
+            len = std::min(io_, file_ - off);
+        } else {
+            if (end_ == begin_)
+                return false;
+            off = cursor_;
+            len = std::min(io_, end_ - cursor_);
+            cursor_ = cursor_ + len >= end_ ? begin_ : cursor_ + len;
+        }
+        if (budget_)
+            len = std::min(len, *budget_ - moved_);
+        moved_ += len;
+        return len > 0;
+    }
+
+  private:
+    uint64_t io_, file_;
+    bool random_;
+    std::mt19937_64 rng_;
+    uint64_t begin_ = 0, end_ = 0, cursor_ = 0, blocks_ = 1, moved_ = 0;
+    std::optional<uint64_t> budget_;
+};
+
+void worker(Shared &s, unsigned t, ThreadResult &r) {
+    const Options &o = s.o;
+    const bool write = is_write(o.io);
+    const bool naive = o.path == PathType::naive;
+    std::optional<IoBuffer> buf;
+    HostBuffer scratch; // pattern fills, verification, the naive path's bounce buffer
+    try {
+        buf.emplace(o.device, o.mem, s.io_size, !naive);
+        if (!buf->why_unregistered().empty() && t == 0) {
+            std::lock_guard lock(s.m);
+            s.note = "buffers not registered: " + buf->why_unregistered();
+        }
+        if (o.verify || naive || buf->on_gpu())
+            scratch = alloc_host(s.io_size);
+        if (write && !o.verify) { // some content; --verify writes the pattern per request
+            fill_pattern(scratch ? scratch.get() : buf->data(), s.io_size, 0);
+            if (scratch)
+                buf->from_host(scratch.get(), 0, s.io_size);
+        }
+    } catch (const std::exception &e) {
+        s.fail(e.what());
+    }
+    s.ready.count_down();
+    s.start.wait();
+    if (s.stop)
+        return;
+
+    Requests req(s, t);
+    const phxfs_fileid_t fid{s.fd, o.device};
+    uint64_t off = 0, len = 0;
+    try {
+        while (!s.stop && req.next(off, len)) {
+            if (write && o.verify) { // not timed: the bytes this request must write
+                fill_pattern(scratch.get(), len, off);
+                buf->from_host(scratch.get(), 0, len);
+            }
+            const auto t0 = Clock::now();
+            if (naive && write) {
+                buf->to_host(scratch.get(), 0, len);
+                pwrite_all(s.fd, scratch.get(), len, off);
+            } else if (naive) {
+                if (pread_all(s.fd, scratch.get(), len, off) != len)
+                    throw std::runtime_error("short pread at " + std::to_string(off));
+                buf->from_host(scratch.get(), 0, len);
+            } else {
+                const ssize_t n = write ? phxfs_write(fid, buf->data(), 0, len, off)
+                                        : phxfs_read(fid, buf->data(), 0, len, off);
+                if (n < 0)
+                    throw std::runtime_error(std::string(write ? "phxfs_write" : "phxfs_read") +
+                                             " of " + std::to_string(len) + " bytes at " +
+                                             std::to_string(off) + " failed (" +
+                                             std::strerror(errno) + "): " + phxfs_last_error());
+                if (static_cast<uint64_t>(n) != len)
+                    throw std::runtime_error("short " + std::string(write ? "write" : "read") +
+                                             " at " + std::to_string(off) + ": " +
+                                             std::to_string(n) + " of " + std::to_string(len));
+            }
+            const auto t1 = Clock::now();
+            const auto ns = static_cast<uint64_t>(
+                std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+            r.latency_ns.push_back(ns);
+            r.io_ns += ns;
+            r.bytes += len;
+            s.progress.fetch_add(len, std::memory_order_relaxed);
+            if (write && o.verify)
+                r.written.emplace_back(off, len);
+            if (!write && o.verify) { // every byte moved, against the pattern
+                const uint8_t *host = static_cast<const uint8_t *>(buf->data());
+                if (naive || buf->on_gpu()) {
+                    buf->to_host(scratch.get(), 0, len);
+                    host = scratch.get();
+                }
+                if (const size_t mm = first_mismatch(host, len, off); mm < len) {
+                    char d[160];
+                    std::snprintf(
+                        d, sizeof d, "request at %llu (+%zu): got 0x%02x, the pattern has 0x%02x",
+                        static_cast<unsigned long long>(off), mm, host[mm], pattern_byte(off + mm));
+                    s.mismatch_at(off + mm, d);
+                }
+            }
+            if (s.deadline != Clock::time_point::max() && t1 >= s.deadline)
+                break;
+        }
+    } catch (const std::exception &e) {
+        s.fail(e.what());
+    }
+}
+
+// Prints "\r<bytes> <rate>" on stderr twice a second once the run has taken
+// over 2 s, when stderr is a terminal.
+class Progress {
+  public:
+    Progress(const Shared &s, uint64_t planned) : s_(s), planned_(planned) {
+        if (isatty(STDERR_FILENO))
+            th_ = std::jthread([this](std::stop_token st) { loop(st); });
+    }
+    ~Progress() {
+        if (th_.joinable()) {
+            th_.request_stop();
+            th_.join();
+            if (shown_)
+                std::fprintf(stderr, "\r\033[K");
+        }
+    }
+
+  private:
+    void loop(std::stop_token st) {
+        const auto t0 = Clock::now();
+        while (!st.stop_requested()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            const double el = std::chrono::duration<double>(Clock::now() - t0).count();
+            if (el < 2 || ++ticks_ % 5 != 0)
+                continue;
+            const uint64_t b = s_.progress.load(std::memory_order_relaxed);
+            std::string pct;
+            if (planned_)
+                pct = " (" + std::to_string(b * 100 / planned_) + "%)";
+            std::fprintf(stderr, "\r\033[K[phxfs-bench] %s%s  %.2f GiB/s  %.0f s",
+                         human_bytes(b).c_str(), pct.c_str(),
+                         static_cast<double>(b) / el / (1 << 30), el);
+            shown_ = true;
+        }
+    }
+    const Shared &s_;
+    uint64_t planned_;
+    unsigned ticks_ = 0;
+    bool shown_ = false;
+    std::jthread th_;
+};
+
+// After a verified write run: the bytes written must hold the pattern; the
+// rest (zeroed before the run) gets the pattern back.
+void verify_written(const std::string &path, RunResult &res) {
+    std::map<uint64_t, uint64_t> covered; // merged [start, end)
+    for (const ThreadResult &t : res.threads)
+        for (auto [off, len] : t.written) {
+            uint64_t b = off, e = off + len;
+            auto it = covered.upper_bound(b);
+            if (it != covered.begin() && std::prev(it)->second >= b)
+                --it;
+            while (it != covered.end() && it->first <= e) {
+                b = std::min(b, it->first);
+                e = std::max(e, it->second);
+                it = covered.erase(it);
+            }
+            covered.emplace(b, e);
+        }
+    Fd fd = open_or_throw(path, O_RDWR);
+    uint64_t pos = 0;
+    for (auto [b, e] : covered) {
+        if (pos < b)
+            write_pattern(fd.get(), pos, b);
+        if (auto mm = check_pattern(fd.get(), b, e)) {
+            res.mismatch = mm;
+            res.mismatch_detail = "re-read with pread after the write run";
+            write_pattern(fd.get(), b, res.file_size); // leave a usable file behind
+            return;
+        }
+        pos = e;
+    }
+    if (pos < res.file_size)
+        write_pattern(fd.get(), pos, res.file_size);
+}
+
+} // namespace
+
+uint64_t prepare_file(const std::string &path, uint64_t size, bool check_existing, bool &created) {
+    created = false;
+    struct stat st {};
+    const bool exists = ::stat(path.c_str(), &st) == 0;
+    if (exists && !S_ISREG(st.st_mode))
+        throw std::runtime_error(path + " is not a regular file");
+    if (!exists && size == 0)
+        throw std::runtime_error(path + " does not exist: give --size to create it");
+    if (exists && static_cast<uint64_t>(st.st_size) >= size && st.st_size > 0) {
+        const uint64_t n = size ? size : static_cast<uint64_t>(st.st_size);
+        if (check_existing) {
+            Fd fd = open_or_throw(path, O_RDONLY);
+            if (auto mm = check_pattern(fd.get(), 0, std::min<uint64_t>(n, 1 << 20)))
+                throw std::runtime_error(path + " does not hold the phxfs-bench pattern (offset " +
+                                         std::to_string(*mm) +
+                                         " differs): remove it, or run without --verify");
+        }
+        return n;
+    }
+    if (size == 0)
+        throw std::runtime_error(path + " is empty: give --size");
+    Fd fd = open_or_throw(path, O_CREAT | O_TRUNC | O_WRONLY);
+    write_pattern(fd.get(), 0, size);
+    if (::fsync(fd.get()) != 0)
+        throw std::runtime_error(errno_msg("fsync " + path));
+    created = true;
+    return size;
+}
+
+RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
+    RunResult res;
+    res.io_size = io_size = std::min(io_size, file_size);
+    res.file_size = file_size;
+    const bool write = is_write(o.io);
+    if (o.total_bytes)
+        res.planned_bytes = *o.total_bytes;
+    else if (!o.duration_s)
+        res.planned_bytes = file_size;
+
+    phxfs::Device dev(o.device); // phxfs_open for the run
+    ModeGuard mode(o.path);
+    {
+        Fd prep = open_or_throw(o.file, write ? O_RDWR : O_RDONLY);
+        if (write && o.verify)
+            zero_range(prep.get(), file_size);
+        if (o.cold) {
+            ::fdatasync(prep.get());
+            ::posix_fadvise(prep.get(), 0, 0, POSIX_FADV_DONTNEED);
+        }
+    }
+    int flags = write ? O_RDWR : O_RDONLY;
+    if (o.cold)
+        flags |= O_DIRECT;
+    Fd fd(::open(o.file.c_str(), flags | O_CLOEXEC));
+    if (fd.get() < 0)
+        throw std::runtime_error(
+            errno_msg("open " + o.file + (o.cold ? " with O_DIRECT (--cold)" : "")));
+
+    Shared s(o, io_size, file_size, fd.get(), o.threads);
+    res.threads.resize(o.threads);
+    if (file_size / o.threads < 4096 && o.threads > 1 && !is_random(o.io))
+        throw std::runtime_error("file too small for " + std::to_string(o.threads) +
+                                 " threads (each needs a region of at least 4 KiB)");
+    phxfs_stats before{}, after{};
+    before.size = after.size = sizeof(phxfs_stats);
+    const bool stats_ok = o.path != PathType::naive && phxfs_get_stats(o.device, &before) == 0;
+    {
+        std::vector<std::jthread> workers;
+        for (unsigned t = 0; t < o.threads; ++t)
+            workers.emplace_back([&s, t, &res] { worker(s, t, res.threads[t]); });
+        s.ready.wait();
+        rusage ru0{}, ru1{};
+        ::getrusage(RUSAGE_SELF, &ru0);
+        const auto t0 = Clock::now();
+        if (o.duration_s)
+            s.deadline = t0 + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(*o.duration_s));
+        {
+            Progress progress(s, res.planned_bytes);
+            s.start.count_down();
+            for (auto &w : workers)
+                w.join();
+        }
+        res.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+        ::getrusage(RUSAGE_SELF, &ru1);
+        res.user_s = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
+        res.sys_s = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
+    }
+    if (stats_ok && phxfs_get_stats(o.device, &after) == 0) {
+        res.have_stats = true;
+        res.stats.size = sizeof res.stats;
+        for (int p = 0; p < PHXFS_PATH_COUNT; ++p) {
+            auto &d = res.stats.path[p];
+            const auto &a = after.path[p], &b = before.path[p];
+            d.read_bytes = a.read_bytes - b.read_bytes;
+            d.read_calls = a.read_calls - b.read_calls;
+            d.read_ns = a.read_ns - b.read_ns;
+            d.write_bytes = a.write_bytes - b.write_bytes;
+            d.write_calls = a.write_calls - b.write_calls;
+            d.write_ns = a.write_ns - b.write_ns;
+        }
+        res.stats.errors = after.errors - before.errors;
+        res.stats.fallbacks = after.fallbacks - before.fallbacks;
+        res.stats.registrations = after.registrations;
+    }
+    res.error = s.error;
+    res.note = s.note;
+    res.mismatch = s.mismatch;
+    res.mismatch_detail = s.mismatch_detail;
+    if (write && o.verify && !res.error.empty()) {
+        Fd restore = open_or_throw(o.file, O_WRONLY); // the run zeroed the file: undo that
+        write_pattern(restore.get(), 0, file_size);
+    }
+    if (o.verify && res.error.empty()) {
+        if (write && !res.mismatch)
+            verify_written(o.file, res);
+        res.verified = !res.mismatch;
+    }
+    return res;
+}
+
+} // namespace phxbench

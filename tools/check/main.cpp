@@ -1,0 +1,215 @@
+// phxfs-check - what Phoenix finds on this machine: the library and its
+// configuration, the kernel module, the devices, and for each PATH given the
+// file system, whether O_DIRECT works there, and so which path a read takes.
+#include "../gpu_memory.hpp"
+#include "probe.hpp"
+
+#include <phxfs/phxfs.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+using nlohmann::json;
+
+namespace {
+
+const char *kind_name(uint32_t k) {
+    switch (k) {
+    case PHXFS_DEVICE_HOST:
+        return "host";
+    case PHXFS_DEVICE_CUDA:
+        return "cuda";
+    case PHXFS_DEVICE_PCIBAR:
+        return "pcibar";
+    }
+    return "unknown";
+}
+
+std::string version() {
+    return std::to_string(PHXFS_VERSION_MAJOR) + "." + std::to_string(PHXFS_VERSION_MINOR) + "." +
+           std::to_string(PHXFS_VERSION_PATCH);
+}
+
+// Which path a read of a file on `fs` into memory of `dev` takes, and why.
+json predict(const phxcheck::FsInfo &fs, const json &dev, uint32_t mode) {
+    const bool direct_dev = dev.value("direct", false);
+    const std::string id = "device " + std::to_string(dev.value("id", 0));
+    if (mode == PHXFS_MODE_COMPAT)
+        return {{"path", "compat"}, {"reason", "PHXFS_MODE is compat"}};
+    std::string why;
+    if (!direct_dev)
+        why = id + ": " + dev.value("why_not_direct", std::string("no direct path"));
+    else if (!fs.o_direct)
+        why = "O_DIRECT does not work on this " + fs.fs_type + " (" + fs.o_direct_detail + ")";
+    if (why.empty())
+        return {{"path", "direct"},
+                {"reason", id + " has the direct path and O_DIRECT works on " + fs.fs_type}};
+    if (mode == PHXFS_MODE_DIRECT)
+        return {{"path", "none"}, {"reason", "direct mode fails with ENOTSUP: " + why}};
+    return {{"path", "compat"}, {"reason", why}};
+}
+
+std::string mib(uint64_t n) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.0f MiB", static_cast<double>(n) / (1 << 20));
+    return n % (1 << 20) ? std::to_string(n >> 10) + " KiB" : std::string(b);
+}
+
+void print_text(const json &j) {
+    std::printf("libphxfs %s\n", j["library"]["version"].get<std::string>().c_str());
+    const json &c = j["config"];
+    std::printf("config: mode %s%s, %u compat threads, chunk %s, staging %s per device\n",
+                c["mode"].get<std::string>().c_str(),
+                c.contains("env_mode")
+                    ? (" (PHXFS_MODE=" + c["env_mode"].get<std::string>() + ")").c_str()
+                    : "",
+                c["threads"].get<unsigned>(), mib(c["chunk_bytes"].get<uint64_t>()).c_str(),
+                mib(c["staging_bytes"].get<uint64_t>()).c_str());
+    const json &k = j["kernel_module"];
+    std::string nodes;
+    for (const auto &n : k["nodes"])
+        nodes += (nodes.empty() ? "" : " ") + n.get<std::string>();
+    std::printf("kernel module: %s%s; device nodes: %s\n",
+                k["loaded"].get<bool>() ? "phxfs loaded" : "not loaded (no /sys/module/phxfs)",
+                k["version"].get<std::string>().empty()
+                    ? ""
+                    : (", version " + k["version"].get<std::string>()).c_str(),
+                nodes.empty() ? "none" : nodes.c_str());
+    const json &cu = j["cuda"];
+    std::printf("CUDA driver: %s\n", cu["available"].get<bool>()
+                                         ? "available"
+                                         : cu["why_not"].get<std::string>().c_str());
+    std::printf("devices: %zu\n", j["devices"].size());
+    for (const auto &d : j["devices"]) {
+        if (d.contains("error")) {
+            std::printf("  device %d: %s\n", d["id"].get<int>(),
+                        d["error"].get<std::string>().c_str());
+            continue;
+        }
+        std::printf("  device %d: %s (%s)%s%s, kmod %s, direct %s%s\n", d["id"].get<int>(),
+                    d["name"].get<std::string>().c_str(), d["kind"].get<std::string>().c_str(),
+                    d["pci_bus_id"].get<std::string>().empty() ? "" : ", pci ",
+                    d["pci_bus_id"].get<std::string>().c_str(),
+                    d["kmod_index"].get<int>() < 0
+                        ? "none"
+                        : ("/dev/phxfs" + std::to_string(d["kmod_index"].get<int>())).c_str(),
+                    d["direct"].get<bool>() ? "yes" : "no",
+                    d["direct"].get<bool>()
+                        ? ""
+                        : (" (" + d["why_not_direct"].get<std::string>() + ")").c_str());
+    }
+    for (const auto &p : j["paths"]) {
+        const std::string path = p["path"].get<std::string>();
+        if (p.contains("error")) {
+            std::printf("%s: %s\n", path.c_str(), p["error"].get<std::string>().c_str());
+            continue;
+        }
+        std::printf("%s: %s file system (f_type %s), O_DIRECT %s (%s)\n", path.c_str(),
+                    p["fs_type"].get<std::string>().c_str(),
+                    p["fs_magic"].get<std::string>().c_str(),
+                    p["o_direct"].get<bool>() ? "works" : "fails",
+                    p["o_direct_detail"].get<std::string>().c_str());
+        const json &r = p["read"];
+        std::printf("  a read into device %d memory would take: %s (%s)\n", r["device"].get<int>(),
+                    r["path"].get<std::string>().c_str(), r["reason"].get<std::string>().c_str());
+    }
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    CLI::App app{"phxfs-check: what Phoenix finds on this machine (library, configuration, kernel "
+                 "module, devices) and, for each PATH, which path a read of a file there takes."};
+    std::vector<std::string> paths;
+    bool as_json = false;
+    int device = 0;
+    app.add_option("PATH", paths, "files or directories to examine");
+    app.add_flag("--json", as_json, "print one JSON object");
+    app.add_option("-d,--device", device, "the device the path prediction is for")
+        ->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError &e) {
+        return app.exit(e) == 0 ? 0 : 1;
+    }
+
+    json j;
+    j["library"] = {{"version", version()}};
+    phxfs_config cfg{};
+    cfg.size = sizeof cfg;
+    if (phxfs_get_config(&cfg) == 0) {
+        j["config"] = {{"mode", phxfs_mode_name(static_cast<phxfs_mode>(cfg.mode))},
+                       {"threads", cfg.threads},
+                       {"chunk_bytes", cfg.chunk_bytes},
+                       {"staging_bytes", cfg.staging_bytes}};
+        if (const char *m = std::getenv("PHXFS_MODE"))
+            j["config"]["env_mode"] = m;
+    } else {
+        std::fprintf(stderr, "phxfs-check: phxfs_get_config: %s\n", phxfs_last_error());
+        return 1;
+    }
+    const phxcheck::KmodInfo k = phxcheck::probe_kmod();
+    j["kernel_module"] = {{"loaded", k.loaded}, {"version", k.version}, {"nodes", k.nodes}};
+    const std::string why_no_cuda = phxtools::Cuda::why_unavailable();
+    j["cuda"] = {{"available", why_no_cuda.empty()}, {"why_not", why_no_cuda}};
+
+    json devices = json::array();
+    const int n = phxfs_device_count();
+    for (int d = 0; d < n; ++d) {
+        phxfs_device_info info{};
+        info.size = sizeof info;
+        if (phxfs_device_get_info(d, &info) != 0) {
+            devices.push_back({{"id", d}, {"error", phxfs_last_error()}});
+            continue;
+        }
+        devices.push_back({{"id", d},
+                           {"name", info.name},
+                           {"kind", kind_name(info.kind)},
+                           {"direct", info.direct == 1},
+                           {"why_not_direct", info.why_not_direct},
+                           {"pci_bus_id", info.pci_bus_id},
+                           {"kmod_index", info.kmod_index}});
+    }
+    j["devices"] = devices;
+    if (n < 0)
+        j["device_error"] = phxfs_last_error();
+
+    int rc = 0;
+    if (!paths.empty() && (device < 0 || device >= static_cast<int>(devices.size()) ||
+                           devices[device].contains("error"))) {
+        std::fprintf(stderr, "phxfs-check: no device %d (there are %zu)\n", device, devices.size());
+        return 1;
+    }
+    json jp = json::array();
+    for (const std::string &p : paths) {
+        const phxcheck::FsInfo fs = phxcheck::probe_path(p);
+        if (!fs.error.empty()) {
+            jp.push_back({{"path", p}, {"error", fs.error}});
+            rc = 1; // a PATH that cannot be examined is a usage error
+            continue;
+        }
+        char magic[24];
+        std::snprintf(magic, sizeof magic, "0x%llx", static_cast<unsigned long long>(fs.magic));
+        json r = predict(fs, devices[device], cfg.mode);
+        r["device"] = device;
+        jp.push_back({{"path", p},
+                      {"is_dir", fs.is_dir},
+                      {"fs_type", fs.fs_type},
+                      {"fs_magic", magic},
+                      {"o_direct", fs.o_direct},
+                      {"o_direct_detail", fs.o_direct_detail},
+                      {"read", r}});
+    }
+    j["paths"] = jp;
+
+    if (as_json)
+        std::printf("%s\n", j.dump(2).c_str());
+    else
+        print_text(j);
+    return rc;
+}
