@@ -1,0 +1,107 @@
+// io_uring on memory that phxfs_regmem mapped: the same DMA path as
+// pread/pwrite, submitted asynchronously. Fixed buffers (register_buffers)
+// over ZONE_DEVICE pages are refused by 6.1 (FOLL_LONGTERM) and accepted
+// from 6.3 on; the test expects exactly that of the running kernel.
+#include "../unit/testutil.hpp"
+
+#include <liburing.h>
+#include <sys/utsname.h>
+
+#include <cstdio>
+
+using namespace phxtest;
+
+namespace {
+
+uint64_t env_u64(const char *name, uint64_t def) {
+    const char *v = std::getenv(name);
+    return v && *v ? std::strtoull(v, nullptr, 0) : def;
+}
+
+bool kernel_at_least(int major, int minor) {
+    utsname u{};
+    ::uname(&u);
+    int ma = 0, mi = 0;
+    std::sscanf(u.release, "%d.%d", &ma, &mi);
+    return ma > major || (ma == major && mi >= minor);
+}
+
+class Uring : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        disk_ = std::getenv("PHXFS_GUEST_DISK");
+        if (!disk_)
+            GTEST_SKIP() << "PHXFS_GUEST_DISK not set";
+        ASSERT_EQ(phxfs_open(0), 0) << phxfs_last_error();
+        // A BAR and disk range of its own (see run.sh for the layout).
+        bar_ = env_u64("PHXFS_URING_BAR_OFF", 368ull << 20);
+        disk_off_ = env_u64("PHXFS_URING_DISK_OFF", 600ull << 20);
+        void *t = nullptr;
+        ASSERT_EQ(phxfs_regmem(0, reinterpret_cast<void *>(bar_), kLen, &t), 0)
+            << phxfs_last_error();
+        target_ = static_cast<uint8_t *>(t);
+        ASSERT_EQ(io_uring_queue_init(8, &ring_, 0), 0);
+        fd_ = ::open(disk_, O_RDWR | O_DIRECT);
+        ASSERT_GE(fd_, 0);
+        auto buf = host_buffer(kLen);
+        fill_pattern_fast(buf.get(), kLen, disk_off_, 60);
+        ASSERT_EQ(::pwrite(fd_, buf.get(), kLen, disk_off_), static_cast<ssize_t>(kLen));
+    }
+    void TearDown() override {
+        if (fd_ >= 0)
+            ::close(fd_);
+        if (target_) {
+            io_uring_queue_exit(&ring_);
+            EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(bar_), kLen), 0);
+            EXPECT_EQ(phxfs_close(0), 0);
+        }
+    }
+    int submit_wait(io_uring_sqe *sqe) {
+        (void)sqe;
+        EXPECT_EQ(io_uring_submit(&ring_), 1);
+        io_uring_cqe *cqe = nullptr;
+        EXPECT_EQ(io_uring_wait_cqe(&ring_, &cqe), 0);
+        const int res = cqe->res;
+        io_uring_cqe_seen(&ring_, cqe);
+        return res;
+    }
+    static constexpr uint64_t kLen = 4 << 20;
+    const char *disk_ = nullptr;
+    uint64_t bar_ = 0, disk_off_ = 0;
+    uint8_t *target_ = nullptr;
+    io_uring ring_{};
+    int fd_ = -1;
+};
+
+TEST_F(Uring, ReadIntoDeviceMemory) {
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    io_uring_prep_read(sqe, fd_, target_, kLen, disk_off_);
+    ASSERT_EQ(submit_wait(sqe), static_cast<int>(kLen));
+    EXPECT_EQ(first_mismatch(target_, 4096, disk_off_, 60), 4096u);
+    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar_,
+                (unsigned long long)disk_off_, (unsigned long long)kLen);
+}
+
+TEST_F(Uring, FixedBuffersDependOnTheKernel) {
+    iovec iov{target_, kLen};
+    const int ret = io_uring_register_buffers(&ring_, &iov, 1);
+    if (!kernel_at_least(6, 3)) {
+        EXPECT_EQ(ret, -EOPNOTSUPP) << "6.1 refuses long-term pins of ZONE_DEVICE pages";
+        return;
+    }
+    ASSERT_EQ(ret, 0) << strerror(-ret);
+    fill_pattern_fast(target_, kLen, disk_off_, 61);
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    io_uring_prep_write_fixed(sqe, fd_, target_, kLen, disk_off_, 0);
+    ASSERT_EQ(submit_wait(sqe), static_cast<int>(kLen));
+    sqe = io_uring_get_sqe(&ring_);
+    std::memset(target_, 0, 4096);
+    io_uring_prep_read_fixed(sqe, fd_, target_, kLen, disk_off_, 0);
+    ASSERT_EQ(submit_wait(sqe), static_cast<int>(kLen));
+    EXPECT_EQ(first_mismatch(target_, 4096, disk_off_, 61), 4096u);
+    EXPECT_EQ(io_uring_unregister_buffers(&ring_), 0);
+    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar_,
+                (unsigned long long)disk_off_, (unsigned long long)kLen);
+}
+
+} // namespace

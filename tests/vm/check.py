@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Host side of the VM suite: reads what the guest reported, checks the bytes
+the guest claims the device moved, and prints one line per check and the
+final line "N passed, N failed"."""
+import argparse
+import re
+import sys
+from pathlib import Path
+
+KERNEL_LOG_BAD = re.compile(r"BUG[: ]|WARNING:|Oops|Call Trace|general protection|"
+                            r"[Mm]emory leak|unreferenced object|Kernel panic|refcount_t")
+
+
+class Verdict:
+    def __init__(self):
+        self.passed, self.failed = 0, 0
+
+    def __call__(self, name, ok, detail=""):
+        print(f"{'PASS' if ok else 'FAIL'} {name}{(': ' + detail) if detail else ''}")
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+
+def gtest(lines, v, prog):
+    running = None
+    for line in lines:
+        if m := re.match(r"\[ RUN      \] (\S+)", line):
+            running = m.group(1)
+        elif m := re.match(r"\[       OK \] (\S+) \(", line):
+            v(f"{prog}/{m.group(1)}", True)
+            running = None
+        elif m := re.match(r"\[  SKIPPED \] (\S+) \(", line):
+            print(f"SKIP {prog}/{m.group(1)}")
+            running = None
+        elif m := re.match(r"\[  FAILED  \] (\S+) \(", line):
+            v(f"{prog}/{m.group(1)}", False)
+            running = None
+    if running:
+        v(f"{prog}/{running}", False, "did not finish (crash or hang)")
+
+
+def compare(work, bar, disk, length):
+    """Returns (equal, first differing offset); -2 when both are all zeros
+    (the tests always move pattern data, so zeros mean nothing moved)."""
+    with open(work / "ivshmem.bin", "rb") as b, open(work / "disk.img", "rb") as d:
+        nonzero = False
+        b.seek(bar)
+        d.seek(disk)
+        done = 0
+        while done < length:
+            n = min(1 << 22, length - done)
+            x, y = b.read(n), d.read(n)
+            if x != y:
+                i = next(i for i in range(min(len(x), len(y))) if x[i] != y[i]) \
+                    if len(x) == len(y) else min(len(x), len(y))
+                return False, done + i
+            nonzero = nonzero or x.count(0) != len(x)
+            done += n
+    return (True, -1) if nonzero else (False, -2)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--mode", default="tests")
+    a = ap.parse_args()
+    work = a.work
+    v = Verdict()
+    results = (work / "results.log").read_text(errors="replace").splitlines() \
+        if (work / "results.log").exists() else []
+
+    # Output of each guest program, split by RUN/EXIT markers.
+    progs, exits, current = {}, {}, None
+    end = results.index("DMESG-BEGIN") if "DMESG-BEGIN" in results else len(results)
+    for line in results[:end]:
+        if m := re.match(r"RUN (\S+)", line):
+            current = m.group(1)
+            progs[current] = []
+        elif m := re.match(r"EXTRA (\S+)", line):
+            current = None
+            print(f"-- extra program {m.group(1)}")
+        elif m := re.match(r"EXIT (\S+) (\d+)", line):
+            exits[m.group(1)] = int(m.group(2))
+            current = None
+        elif current:
+            progs[current].append(line)
+        elif line.startswith(("COUNTERS", "DISKS")) or not line.startswith(
+                ("RESULT", "HOSTCHECK", "BAR", "BOOT")) and line.strip():
+            print(f"   {line}")
+    for prog, lines in progs.items():
+        if any(line.startswith("[ RUN") for line in lines):
+            gtest(lines, v, prog)
+        else:
+            print("\n".join("   " + line for line in lines))
+    for prog, code in exits.items():
+        v(f"{prog} exit status", code == 0, "" if code == 0 else str(code))
+
+    for line in results:
+        if m := re.match(r"RESULT (\S+) (pass|fail)", line):
+            v(m.group(1), m.group(2) == "pass")
+
+    # Bytes: the BAR's backing file against the disk image.
+    checks = [tuple(map(int, m.groups())) for line in results
+              if (m := re.match(r"HOSTCHECK bar (\d+) disk (\d+) len (\d+)", line))]
+    bad = []
+    for bar, disk, length in checks:
+        ok, at = compare(work, bar, disk, length)
+        if not ok:
+            bad.append(f"bar {bar} disk {disk} len {length}: differ at +{at}")
+    if a.mode == "tests" or checks:
+        v(f"host_bytes ({len(checks)} ranges, {sum(c[2] for c in checks)} bytes)",
+          bool(checks) and not bad, "; ".join(bad[:5]))
+
+    # DMA: QEMU's NVMe model logs the guest-physical address of every
+    # transfer; those inside the BAR were done by the controller, not a CPU.
+    bar = next((line.split() for line in results if line.startswith("BAR ")), None)
+    dma_log = work / "dma.log"
+    if bar and dma_log.exists():
+        lo, hi = int(bar[2], 16), int(bar[3], 16)
+        n = nbytes = 0
+        for line in dma_log.read_text(errors="replace").splitlines():
+            if m := re.search(r"pci_nvme_map_addr addr (0x[0-9a-f]+) len (\d+)", line):
+                addr = int(m.group(1), 16)
+                if lo <= addr <= hi:
+                    n += 1
+                    nbytes += int(m.group(2))
+        v("nvme_dma_into_bar", n > 0, f"{n} NVMe DMA transfers, {nbytes} bytes inside "
+          f"BAR {bar[2]}-{bar[3]}")
+    else:
+        v("nvme_dma_into_bar", False, "no BAR line or no DMA trace")
+
+    # The kernel log: no oops, warning or leak report, and a clean finish.
+    if "DMESG-END" in results:
+        dmesg = results[results.index("DMESG-BEGIN") + 1:results.index("DMESG-END")]
+        bad_lines = [line for line in dmesg if KERNEL_LOG_BAD.search(line)]
+        v("kernel_log_clean", not bad_lines, " | ".join(bad_lines[:3]))
+    else:
+        console = (work / "console.log").read_text(errors="replace") \
+            if (work / "console.log").exists() else ""
+        v("vm_finished", False, "no end marker; console tail:\n" + console[-3000:])
+    print(f"{v.passed} passed, {v.failed} failed")
+    return 0 if v.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+#!/bin/sh
+# /init of the VM suite's initramfs (busybox). Console: ttyS0 (kernel log);
+# results: ttyS1, which the host reads. Every line the host acts on starts
+# with a keyword: RESULT, HOSTCHECK, BAR, COUNTERS, DMESG, EXTRA.
+export PATH=/bin:/sbin GTEST_COLOR=no
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+exec >/dev/ttyS1 2>&1
+echo "BOOT $(uname -r)"
+
+result() { echo "RESULT $1 $2"; }
+
+for m in $(cat /modules.list); do
+	insmod "$m" 2>/dev/null || echo "insmod $m failed (built in?)"
+done
+
+bdf=
+for d in /sys/bus/pci/devices/*; do
+	if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ]; then
+		bdf=${d##*/}
+	fi
+done
+set -- $(sed -n 3p "/sys/bus/pci/devices/$bdf/resource")
+echo "BAR $bdf $1 $2"
+
+if insmod /phxfs.ko "pcibar=$bdf@2" debug=0; then
+	result kmod_load pass
+else
+	result kmod_load fail
+fi
+# The raw test disk is 1 GiB, the ext4 disk 256 MiB (names may swap).
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	[ -b /dev/nvme1n1 ] && [ -c /dev/phxfs0 ] && break
+	sleep 0.5
+done
+for b in /sys/block/nvme*; do
+	case $(cat "$b/size") in
+	2097152) export PHXFS_GUEST_DISK=/dev/${b##*/} ;;
+	524288) fsdisk=/dev/${b##*/} ;;
+	esac
+done
+echo "DISKS raw $PHXFS_GUEST_DISK ext4 $fsdisk"
+mkdir -p /mnt/fs
+mount -t ext4 "$fsdisk" /mnt/fs && export PHXFS_GUEST_FS=/mnt/fs
+mode=$(cat /mode)
+for t in /tests/*; do
+	[ -x "$t" ] || continue
+	case "$mode:${t##*/}" in demo:phxfs_guest_demo | tests:*_tests) ;; *) continue ;; esac
+	echo "RUN ${t##*/}"
+	"$t" </dev/null
+	echo "EXIT ${t##*/} $?"
+done
+for t in /extra/*; do
+	[ -x "$t" ] || continue
+	echo "EXTRA ${t##*/}"
+	"$t" </dev/null
+	echo "EXIT extra/${t##*/} $?"
+done
+
+c=/sys/class/phxfs/phxfs0
+echo "COUNTERS maps $(cat $c/maps) unmaps $(cat $c/unmaps) errors $(cat $c/errors)" \
+	"mapped_bytes $(cat $c/mapped_bytes) mapped_total $(cat $c/mapped_total)" \
+	"pages_busy $(cat $c/pages_busy)"
+umount /mnt/fs 2>/dev/null
+if [ "$(cat $c/mapped_bytes)" = 0 ] && [ "$(cat $c/pages_busy)" = 0 ]; then
+	result counters_back_to_zero pass
+else
+	result counters_back_to_zero fail
+fi
+if rmmod phxfs; then result kmod_unload pass; else result kmod_unload fail; fi
+echo "DMESG-BEGIN"
+dmesg
+echo "DMESG-END"
+sync
+poweroff -f

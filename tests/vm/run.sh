@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The VM suite: phxfs.ko and libphxfs's direct path on Debian's own kernels,
+# in QEMU (TCG), with an emulated NVMe SSD and an ivshmem BAR as device
+# memory. The host then checks the bytes (BAR backing file against the disk
+# image) and QEMU's DMA trace. Ends with the line "N passed, N failed".
+#
+#   tests/vm/run.sh [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR]
+#                   [--demo] [--keep]
+#
+# --extra DIR  copies DIR's executables into the guest and runs them after
+#              the tests (with /dev/phxfs0 and the disks ready), output shown.
+# --demo       runs the direct-path demo only (make demo).
+# Kernel packages are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+kernels=all build=build extra="" mode=tests keep=0
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--kernel) kernels=$2; shift ;;
+	--build) build=$2; shift ;;
+	--extra) extra=$(cd "$2" && pwd); shift ;;
+	--demo) mode=demo ;;
+	--keep) keep=1 ;;
+	*) echo "usage: $0 [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR] [--demo] [--keep]" >&2
+	   exit 2 ;;
+	esac
+	shift
+done
+[ "$kernels" = all ] && kernels="6.1 6.12"
+build=$(cd "$repo" && mkdir -p "$build" && cd "$build" && pwd)
+cache=${PHXFS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phxfs/vm}
+guest_bin=$build/tests/vm/guest-bin
+"$repo/scripts/install-deps.sh" vm
+[ -x "$guest_bin/phxfs_guest_tests" ] || {
+	echo "no guest test programs in $guest_bin: build first (make build)" >&2
+	exit 1
+}
+
+# Shared libraries of a program, into the initramfs.
+copy_libs() {
+	local root=$1 prog=$2 lib
+	for lib in $(ldd "$prog" 2>/dev/null | grep -o '/[^ ]*'); do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -Ln "$lib" "$root$lib"
+	done
+}
+
+make_initramfs() {
+	local kver=$1 work=$2 root=$2/initramfs m f
+	rm -rf "$root"
+	mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,mnt,tests,extra,lib/modules}
+	cp /bin/busybox "$root/bin/"
+	for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+	cp "$here/init.sh" "$root/init"
+	echo "$mode" >"$root/mode"
+	# NVMe and ext4, in dependency order, decompressed for busybox insmod.
+	: >"$root/modules.list"
+	for m in $(for n in nvme ext4 crc32c_generic; do
+		modprobe -d "$cache/$kver/root" -S "$kver" --show-depends "$n"
+	done | awk '$1 == "insmod" {print $2}'); do
+		f=$(basename "$m" | sed 's/\.\(xz\|zst\)$//')
+		grep -qx "/lib/modules/$f" "$root/modules.list" && continue
+		case "$m" in
+		*.xz) xz -dc "$m" >"$root/lib/modules/$f" ;;
+		*.zst) zstd -dcq "$m" >"$root/lib/modules/$f" ;;
+		*) cp "$m" "$root/lib/modules/$f" ;;
+		esac
+		echo "/lib/modules/$f" >>"$root/modules.list"
+	done
+	cp "$work/kmod/phxfs.ko" "$root/phxfs.ko"
+	for f in "$guest_bin"/*; do
+		cp "$f" "$root/tests/"
+		copy_libs "$root" "$f"
+	done
+	if [ -n "$extra" ]; then
+		cp -r "$extra"/. "$root/extra/"
+		for f in "$root"/extra/*; do [ -x "$f" ] && copy_libs "$root" "$f"; done
+	fi
+	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
+}
+
+run_kernel() {
+	local line=$1 kver work t0
+	kver=$("$here/kernel.sh" resolve "$line")
+	work=$build/vm/$kver
+	echo "== VM suite on $kver"
+	"$here/kernel.sh" fetch "$kver" "$cache/$kver"
+	rm -rf "$work" && mkdir -p "$work/kmod"
+	cp "$repo"/kmod/{Kbuild,*.c,*.h} "$work/kmod/"
+	make -s -C "/usr/src/linux-headers-$kver" M="$work/kmod" \
+		PHXFS_INCLUDE="$repo/include" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	[ -f "$work/kmod/phxfs.ko" ] || { echo "phxfs.ko did not build for $kver"; return 1; }
+	make_initramfs "$kver" "$work"
+	truncate -s 1G "$work/disk.img"
+	truncate -s 512M "$work/ivshmem.bin"
+	truncate -s 256M "$work/fs.img"
+	mkfs.ext4 -q -F "$work/fs.img"
+	t0=$(date +%s)
+	timeout 1200 qemu-system-x86_64 -machine q35,accel=tcg -m 2G -smp 2 \
+		-display none -monitor none -no-reboot -net none \
+		-kernel "$cache/$kver/vmlinux" -initrd "$work/initrd.gz" \
+		-append "console=ttyS0 panic=-1 quiet" \
+		-serial "file:$work/console.log" -serial "file:$work/results.log" \
+		-drive "file=$work/disk.img,if=none,format=raw,id=d0" -device nvme,serial=phxdisk,drive=d0 \
+		-drive "file=$work/fs.img,if=none,format=raw,id=d1" -device nvme,serial=phxfs,drive=d1 \
+		-object "memory-backend-file,id=bar,size=512M,mem-path=$work/ivshmem.bin,share=on" \
+		-device ivshmem-plain,memdev=bar \
+		-trace "enable=pci_nvme_map_addr,file=$work/dma.log" || echo "qemu exited with $?"
+	echo "VM wall time: $(($(date +%s) - t0)) s"
+	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode"
+}
+
+total_pass=0 total_fail=0 status=0
+for k in $kernels; do
+	if out=$(run_kernel "$k" 2>&1 | tee /dev/stderr | tail -1); then :; fi
+	p=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+	f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+	if [ -z "$p" ]; then p=0 f=$((f + 1)); fi
+	total_pass=$((total_pass + p)) total_fail=$((total_fail + ${f:-1}))
+	[ "$keep" = 1 ] || rm -f "$build"/vm/*/{disk.img,fs.img,ivshmem.bin,initrd.gz}
+done
+echo "== all kernels ($kernels)"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
