@@ -79,6 +79,7 @@ static DEVICE_ATTR_RO(name)
 PHXFS_STAT_ATTR(maps);
 PHXFS_STAT_ATTR(unmaps);
 PHXFS_STAT_ATTR(errors);
+PHXFS_STAT_ATTR(revokes);
 PHXFS_STAT_ATTR(mapped_bytes);
 PHXFS_STAT_ATTR(mapped_total);
 
@@ -122,6 +123,7 @@ static struct attribute *phxfs_dev_attrs[] = {
 	&dev_attr_maps.attr,
 	&dev_attr_unmaps.attr,
 	&dev_attr_errors.attr,
+	&dev_attr_revokes.attr,
 	&dev_attr_mapped_bytes.attr,
 	&dev_attr_mapped_total.attr,
 	&dev_attr_provider.attr,

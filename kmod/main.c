@@ -5,7 +5,7 @@
  *
  * Providers find devices; this file runs them in a fixed order, which fixes
  * the numbering of /dev/phxfsN: pcibar devices first, in the order of the
- * pcibar parameter, then the devices of later providers.
+ * pcibar parameter, then NVIDIA GPUs in PCI order, then nvidia_extra.
  */
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -18,6 +18,7 @@ MODULE_PARM_DESC(debug, "Log every mmap, MAP, UNMAP and ioctl error (0/1)");
 
 static const struct phxfs_provider_ops *const phxfs_providers[] = {
 	&phxfs_pcibar_ops,
+	&phxfs_nvidia_ops,
 };
 
 static int __init phxfs_init(void)

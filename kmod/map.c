@@ -11,10 +11,12 @@
  * that unmap_mapping_range() can remove one mapping from every VMA that
  * shares it (fork copies included) without the owner's mmap lock.
  *
- * Lock order: mmap_lock, then phxfs_vma.lock, then i_mmap_rwsem (inside
- * unmap_mapping_range).
+ * Lock order: mmap_lock, phxfs_vma.lock, phxfs_pin.lock, i_mmap_rwsem (inside
+ * unmap_mapping_range). A provider's revoke path takes phxfs_pin.lock only.
  */
 #include <linux/fs.h>
+#include <linux/delay.h>
+#include <linux/jiffies.h>
 #include <linux/kref.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -46,17 +48,78 @@ struct phxfs_map {
 	struct phxfs_pin pin;
 };
 
-static void phxfs_map_zap(struct phxfs_vma *pv, struct phxfs_map *map)
+static void phxfs_pin_zap(struct phxfs_pin *pin)
 {
-	unmap_mapping_range(pv->mapping,
-			    (loff_t)(pv->pgoff + map->first) << PAGE_SHIFT,
-			    map->pin.len, 1);
+	if (pin->mapping)
+		unmap_mapping_range(pin->mapping, pin->start, pin->len, 1);
 }
 
-/* The pages must be out of every page table before this. */
+/* Waits until no I/O holds a page of the pin (their counts are back to 1). */
+static void phxfs_pin_wait_idle(struct phxfs_dev *dev, struct phxfs_pin *pin)
+{
+	unsigned long i, npages = pin->len >> PAGE_SHIFT;
+	unsigned long warn_at = jiffies + 10 * HZ;
+	struct page *page;
+
+	for (i = 0; i < npages; i++) {
+		page = dev->ops->page(dev, pin, i);
+		while (page_ref_count(page) != 1) {
+			if (time_after(jiffies, warn_at)) {
+				dev_warn(dev->device,
+					 "revoke: waiting for I/O on %llx\n",
+					 pin->dev_addr + ((u64)i << PAGE_SHIFT));
+				warn_at = jiffies + 10 * HZ;
+			}
+			usleep_range(100, 1000);
+		}
+	}
+}
+
+/*
+ * The provider's device memory is going away (the GPU driver frees it):
+ * remove the pages from every page table and wait for I/O in flight on them.
+ * Later access faults (SIGBUS) and later I/O fails with EFAULT; UNMAP still
+ * succeeds. Returns true when the provider must now free its pin state;
+ * false when the pin is being released anyway or MAP has not seen it yet
+ * (then MAP calls ->drop()). May sleep; takes no lock of the provider's.
+ */
+bool phxfs_pin_revoke(struct phxfs_dev *dev, struct phxfs_pin *pin)
+{
+	enum phxfs_pin_state was;
+
+	mutex_lock(&pin->lock);
+	was = pin->state;
+	if (was == PHXFS_PIN_NEW || was == PHXFS_PIN_HELD)
+		pin->state = PHXFS_PIN_REVOKED;
+	if (was == PHXFS_PIN_HELD) {
+		phxfs_pin_zap(pin);
+		phxfs_pin_wait_idle(dev, pin);
+		atomic64_inc(&dev->stats.revokes);
+	}
+	mutex_unlock(&pin->lock);
+	phxfs_dbg(dev, "revoke %llx+%llx: state %d\n", pin->dev_addr, pin->len,
+		  was);
+	return was == PHXFS_PIN_HELD;
+}
+
+/* UNMAP, munmap, exit, or a failed MAP: out of page tables, then unpinned. */
+static void phxfs_pin_release(struct phxfs_dev *dev, struct phxfs_pin *pin)
+{
+	enum phxfs_pin_state was;
+
+	mutex_lock(&pin->lock);
+	was = pin->state;
+	pin->state = PHXFS_PIN_FREED;
+	phxfs_pin_zap(pin);
+	mutex_unlock(&pin->lock);
+	/* Outside the lock: the provider may wait for its own revoke path. */
+	if (was == PHXFS_PIN_HELD)
+		dev->ops->unpin(dev, pin);
+}
+
 static void phxfs_map_free(struct phxfs_dev *dev, struct phxfs_map *map)
 {
-	dev->ops->unpin(dev, &map->pin);
+	phxfs_pin_release(dev, &map->pin);
 	atomic64_sub(map->pin.len, &dev->stats.mapped_bytes);
 	atomic64_inc(&dev->stats.unmaps);
 	list_del(&map->node);
@@ -212,6 +275,34 @@ static int phxfs_insert(struct phxfs_dev *dev, struct vm_area_struct *vma,
 	return ret;
 }
 
+/*
+ * Pins without pin->lock held (a provider's revoke path may hold the
+ * provider's locks while it waits for pin->lock), inserts with it held.
+ */
+static int phxfs_pin_map(struct phxfs_dev *dev, struct vm_area_struct *vma,
+			 struct phxfs_map *map, unsigned long addr)
+{
+	struct phxfs_pin *pin = &map->pin;
+	int ret;
+
+	ret = dev->ops->pin(dev, pin);
+	if (ret)
+		return ret;
+	mutex_lock(&pin->lock);
+	if (pin->state == PHXFS_PIN_REVOKED) {
+		/* Freed while we were pinning it. */
+		mutex_unlock(&pin->lock);
+		dev->ops->drop(dev, pin);
+		return -EFAULT;
+	}
+	pin->state = PHXFS_PIN_HELD;
+	ret = phxfs_insert(dev, vma, map, addr);
+	mutex_unlock(&pin->lock);
+	if (ret)
+		phxfs_pin_release(dev, pin);
+	return ret;
+}
+
 static int phxfs_ioctl_map(struct file *filp, struct phxfs_ioctl_map *req)
 {
 	struct phxfs_dev *dev = filp->private_data;
@@ -229,6 +320,7 @@ static int phxfs_ioctl_map(struct file *filp, struct phxfs_ioctl_map *req)
 		return -ENOMEM;
 	map->pin.dev_addr = req->dev_addr;
 	map->pin.len = req->len;
+	mutex_init(&map->pin.lock);
 
 	mmap_read_lock(mm);
 	vma = phxfs_find_vma(filp, req->vaddr, req->len);
@@ -243,15 +335,11 @@ static int phxfs_ioctl_map(struct file *filp, struct phxfs_ioctl_map *req)
 		ret = -EBUSY;
 		goto out_pv;
 	}
-	ret = dev->ops->pin(dev, &map->pin);
+	map->pin.mapping = pv->mapping;
+	map->pin.start = (loff_t)(pv->pgoff + map->first) << PAGE_SHIFT;
+	ret = phxfs_pin_map(dev, vma, map, req->vaddr);
 	if (ret)
 		goto out_pv;
-	ret = phxfs_insert(dev, vma, map, req->vaddr);
-	if (ret) {
-		phxfs_map_zap(pv, map);
-		dev->ops->unpin(dev, &map->pin);
-		goto out_pv;
-	}
 	list_add_tail(&map->node, &pv->maps);
 	atomic64_inc(&dev->stats.maps);
 	atomic64_add(req->len, &dev->stats.mapped_bytes);
@@ -294,7 +382,6 @@ static int phxfs_ioctl_unmap(struct file *filp, struct phxfs_ioctl_map *req)
 		if (map->first != first || map->pin.len != req->len ||
 		    map->pin.dev_addr != req->dev_addr)
 			continue;
-		phxfs_map_zap(pv, map);
 		phxfs_map_free(dev, map);
 		phxfs_dbg(dev, "unmap %llx+%llx at %llx\n", req->dev_addr,
 			  req->len, req->vaddr);

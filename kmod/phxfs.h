@@ -6,6 +6,7 @@
  * dev.c      one device: ZONE_DEVICE pages over a BAR, /dev/phxfsN, sysfs
  * map.c      open, mmap, the MAP/UNMAP ioctls and the VMA lifetime
  * pcibar.c   the pcibar provider: BARs named by a module parameter
+ * nvidia.c   the nvidia provider: cudaMalloc'ed memory via nvidia_p2p_*
  *
  * A provider finds devices at load (probe) and adds them with phxfs_dev_add();
  * afterwards the core asks it only to pin a device address range, to name the struct page
@@ -32,11 +33,26 @@ extern int phxfs_debug;
 
 struct phxfs_dev;
 
-/* A device address range held for mapping; priv belongs to the provider. */
+enum phxfs_pin_state {
+	PHXFS_PIN_NEW,		/* the provider is pinning it */
+	PHXFS_PIN_HELD,		/* pinned; pages may be in page tables */
+	PHXFS_PIN_REVOKED,	/* the device memory went away under us */
+	PHXFS_PIN_FREED,	/* unpinned by UNMAP, munmap or exit */
+};
+
+/*
+ * A device address range held for mapping; priv belongs to the provider.
+ * The user mapping of the range is [start, start + len) of mapping (the
+ * device file), so it can be torn down from any context.
+ */
 struct phxfs_pin {
 	u64 dev_addr;
 	u64 len;
 	void *priv;
+	struct mutex lock;		/* protects state */
+	enum phxfs_pin_state state;
+	struct address_space *mapping;
+	loff_t start;
 };
 
 struct phxfs_provider_ops {
@@ -50,6 +66,11 @@ struct phxfs_provider_ops {
 	struct page *(*page)(struct phxfs_dev *dev, struct phxfs_pin *pin,
 			     unsigned long i);
 	void (*unpin)(struct phxfs_dev *dev, struct phxfs_pin *pin);
+	/*
+	 * Forgets a pin whose memory was revoked before pin() returned (see
+	 * phxfs_pin_revoke()); may be NULL for providers that never revoke.
+	 */
+	void (*drop)(struct phxfs_dev *dev, struct phxfs_pin *pin);
 	/* Gives back what the provider took for the device; may be NULL. */
 	void (*release)(struct phxfs_dev *dev);
 };
@@ -58,6 +79,7 @@ struct phxfs_stats {
 	atomic64_t maps;
 	atomic64_t unmaps;
 	atomic64_t errors;
+	atomic64_t revokes;
 	atomic64_t mapped_bytes;	/* now */
 	atomic64_t mapped_total;	/* since load */
 };
@@ -81,6 +103,7 @@ struct phxfs_dev {
 };
 
 extern const struct phxfs_provider_ops phxfs_pcibar_ops;
+extern const struct phxfs_provider_ops phxfs_nvidia_ops;
 
 int phxfs_dev_add(struct pci_dev *pdev, int bar, u64 page_size,
 		  const struct phxfs_provider_ops *ops, void *priv);
@@ -89,6 +112,7 @@ int phxfs_chrdev_init(void);
 void phxfs_chrdev_exit(void);
 
 struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset);
+bool phxfs_pin_revoke(struct phxfs_dev *dev, struct phxfs_pin *pin);
 extern const struct file_operations phxfs_fops;
 
 /* Kernel API differences, detected by Kbuild (see Kbuild). */

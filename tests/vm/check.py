@@ -41,10 +41,10 @@ def gtest(lines, v, prog):
         v(f"{prog}/{running}", False, "did not finish (crash or hang)")
 
 
-def compare(work, bar, disk, length):
+def compare(work, bar_file, bar, disk, length):
     """Returns (equal, first differing offset); -2 when both are all zeros
     (the tests always move pattern data, so zeros mean nothing moved)."""
-    with open(work / "ivshmem.bin", "rb") as b, open(work / "disk.img", "rb") as d:
+    with open(work / bar_file, "rb") as b, open(work / "disk.img", "rb") as d:
         nonzero = False
         b.seek(bar)
         d.seek(disk)
@@ -88,7 +88,7 @@ def main():
         elif current:
             progs[current].append(line)
         elif line.startswith(("COUNTERS", "DISKS")) or not line.startswith(
-                ("RESULT", "HOSTCHECK", "BAR", "BOOT")) and line.strip():
+                ("RESULT", "HOSTCHECK", "BAR", "GPUBAR", "BOOT")) and line.strip():
             print(f"   {line}")
     for prog, lines in progs.items():
         if any(line.startswith("[ RUN") for line in lines):
@@ -103,34 +103,36 @@ def main():
             v(m.group(1), m.group(2) == "pass")
 
     # Bytes: the BAR's backing file against the disk image.
-    checks = [tuple(map(int, m.groups())) for line in results
-              if (m := re.match(r"HOSTCHECK bar (\d+) disk (\d+) len (\d+)", line))]
+    checks = [(m.group(1), *map(int, m.groups()[1:])) for line in results
+              if (m := re.match(r"HOSTCHECK (bar|gpubar) (\d+) disk (\d+) len (\d+)", line))]
     bad = []
-    for bar, disk, length in checks:
-        ok, at = compare(work, bar, disk, length)
+    for which, bar, disk, length in checks:
+        ok, at = compare(work, "ivshmem.bin" if which == "bar" else "gpu.bin", bar, disk,
+                         length)
         if not ok:
-            bad.append(f"bar {bar} disk {disk} len {length}: differ at +{at}")
+            bad.append(f"{which} {bar} disk {disk} len {length}: differ at +{at}")
     if a.mode == "tests" or checks:
-        v(f"host_bytes ({len(checks)} ranges, {sum(c[2] for c in checks)} bytes)",
+        v(f"host_bytes ({len(checks)} ranges, {sum(c[3] for c in checks)} bytes)",
           bool(checks) and not bad, "; ".join(bad[:5]))
 
     # DMA: QEMU's NVMe model logs the guest-physical address of every
     # transfer; those inside the BAR were done by the controller, not a CPU.
-    bar = next((line.split() for line in results if line.startswith("BAR ")), None)
     dma_log = work / "dma.log"
-    if bar and dma_log.exists():
+    dma = [(int(m.group(1), 16), int(m.group(2)))
+           for line in (dma_log.read_text(errors="replace").splitlines()
+                        if dma_log.exists() else [])
+           if (m := re.search(r"pci_nvme_map_addr addr (0x[0-9a-f]+) len (\d+)", line))]
+    for key, name in (("BAR", "nvme_dma_into_bar"), ("GPUBAR", "nvme_dma_into_gpu_bar")):
+        bar = next((line.split() for line in results if line.startswith(key + " ")), None)
+        if not bar:
+            v(name, False, f"no {key} line")
+            continue
+        if key == "GPUBAR" and not any(c[0] == "gpubar" for c in checks):
+            continue  # a run without the nvidia tests (the demo)
         lo, hi = int(bar[2], 16), int(bar[3], 16)
-        n = nbytes = 0
-        for line in dma_log.read_text(errors="replace").splitlines():
-            if m := re.search(r"pci_nvme_map_addr addr (0x[0-9a-f]+) len (\d+)", line):
-                addr = int(m.group(1), 16)
-                if lo <= addr <= hi:
-                    n += 1
-                    nbytes += int(m.group(2))
-        v("nvme_dma_into_bar", n > 0, f"{n} NVMe DMA transfers, {nbytes} bytes inside "
-          f"BAR {bar[2]}-{bar[3]}")
-    else:
-        v("nvme_dma_into_bar", False, "no BAR line or no DMA trace")
+        inside = [n for addr, n in dma if lo <= addr <= hi]
+        v(name, bool(inside), f"{len(inside)} NVMe DMA transfers, {sum(inside)} bytes inside "
+          f"{bar[2]}-{bar[3]}")
 
     # The kernel log: no oops, warning or leak report, and a clean finish.
     if "DMESG-END" in results:

@@ -16,16 +16,31 @@ for m in $(cat /modules.list); do
 	insmod "$m" 2>/dev/null || echo "insmod $m failed (built in?)"
 done
 
-bdf=
+# Two ivshmem BARs: 512 MiB of pcibar device memory, 256 MiB of "GPU memory"
+# for the NVIDIA stand-in.
+bdf= gpubdf=
 for d in /sys/bus/pci/devices/*; do
-	if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ]; then
+	[ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] || continue
+	set -- $(sed -n 3p "$d/resource")
+	if [ $(($2 - $1 + 1)) = $((512 << 20)) ]; then
 		bdf=${d##*/}
+		echo "BAR $bdf $1 $2"
+	else
+		gpubdf=${d##*/}
+		echo "GPUBAR $gpubdf $1 $2"
 	fi
 done
-set -- $(sed -n 3p "/sys/bus/pci/devices/$bdf/resource")
-echo "BAR $bdf $1 $2"
 
-if insmod /phxfs.ko "pcibar=$bdf@2" debug=0; then
+# Without the stand-in, phxfs.ko serves pcibar alone and says why not GPUs.
+if insmod /phxfs.ko "pcibar=$bdf@2" && [ -c /dev/phxfs0 ] && [ ! -e /dev/phxfs1 ] &&
+	dmesg | grep -q "nvidia provider unavailable" && rmmod phxfs; then
+	result pcibar_alone_without_nvidia_driver pass
+else
+	result pcibar_alone_without_nvidia_driver fail
+fi
+
+insmod /nvstub.ko "bdf=$gpubdf" || echo "nvstub did not load"
+if insmod /phxfs.ko "pcibar=$bdf@2" "nvidia_extra=$gpubdf@2" debug=0; then
 	result kmod_load pass
 else
 	result kmod_load fail
@@ -59,17 +74,19 @@ for t in /extra/*; do
 	echo "EXIT extra/${t##*/} $?"
 done
 
-c=/sys/class/phxfs/phxfs0
-echo "COUNTERS maps $(cat $c/maps) unmaps $(cat $c/unmaps) errors $(cat $c/errors)" \
-	"mapped_bytes $(cat $c/mapped_bytes) mapped_total $(cat $c/mapped_total)" \
-	"pages_busy $(cat $c/pages_busy)"
 umount /mnt/fs 2>/dev/null
-if [ "$(cat $c/mapped_bytes)" = 0 ] && [ "$(cat $c/pages_busy)" = 0 ]; then
-	result counters_back_to_zero pass
-else
-	result counters_back_to_zero fail
-fi
-if rmmod phxfs; then result kmod_unload pass; else result kmod_unload fail; fi
+for c in /sys/class/phxfs/phxfs*; do
+	echo "COUNTERS ${c##*/} maps $(cat $c/maps) unmaps $(cat $c/unmaps)" \
+		"errors $(cat $c/errors) revokes $(cat $c/revokes)" \
+		"mapped_bytes $(cat $c/mapped_bytes) mapped_total $(cat $c/mapped_total)" \
+		"pages_busy $(cat $c/pages_busy)"
+	if [ "$(cat $c/mapped_bytes)" = 0 ] && [ "$(cat $c/pages_busy)" = 0 ]; then
+		result "counters_back_to_zero_${c##*/}" pass
+	else
+		result "counters_back_to_zero_${c##*/}" fail
+	fi
+done
+if rmmod phxfs && rmmod nvstub; then result kmod_unload pass; else result kmod_unload fail; fi
 echo "DMESG-BEGIN"
 dmesg
 echo "DMESG-END"

@@ -68,7 +68,7 @@ make_initramfs() {
 		esac
 		echo "/lib/modules/$f" >>"$root/modules.list"
 	done
-	cp "$work/kmod/phxfs.ko" "$root/phxfs.ko"
+	cp "$work/kmod/phxfs.ko" "$work/nvstub/nvstub.ko" "$root/"
 	for f in "$guest_bin"/*; do
 		cp "$f" "$root/tests/"
 		copy_libs "$root" "$f"
@@ -86,14 +86,23 @@ run_kernel() {
 	work=$build/vm/$kver
 	echo "== VM suite on $kver"
 	"$here/kernel.sh" fetch "$kver" "$cache/$kver"
-	rm -rf "$work" && mkdir -p "$work/kmod"
+	rm -rf "$work" && mkdir -p "$work/kmod" "$work/nvstub"
 	cp "$repo"/kmod/{Kbuild,*.c,*.h} "$work/kmod/"
+	cp "$here"/nvstub/{Kbuild,*.c} "$work/nvstub/"
+	# The stand-in first: phxfs.ko takes the CRCs of the nvidia_p2p symbols
+	# from its Module.symvers, as it takes them from the NVIDIA driver's.
+	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub" \
+		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
 	make -s -C "/usr/src/linux-headers-$kver" M="$work/kmod" \
-		PHXFS_INCLUDE="$repo/include" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	[ -f "$work/kmod/phxfs.ko" ] || { echo "phxfs.ko did not build for $kver"; return 1; }
+		PHXFS_INCLUDE="$repo/include" KBUILD_EXTRA_SYMBOLS="$work/nvstub/Module.symvers" \
+		W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	for m in kmod/phxfs.ko nvstub/nvstub.ko; do
+		[ -f "$work/$m" ] || { echo "$m did not build for $kver"; return 1; }
+	done
 	make_initramfs "$kver" "$work"
 	truncate -s 1G "$work/disk.img"
 	truncate -s 512M "$work/ivshmem.bin"
+	truncate -s 256M "$work/gpu.bin"
 	truncate -s 256M "$work/fs.img"
 	mkfs.ext4 -q -F "$work/fs.img"
 	t0=$(date +%s)
@@ -106,6 +115,8 @@ run_kernel() {
 		-drive "file=$work/fs.img,if=none,format=raw,id=d1" -device nvme,serial=phxfs,drive=d1 \
 		-object "memory-backend-file,id=bar,size=512M,mem-path=$work/ivshmem.bin,share=on" \
 		-device ivshmem-plain,memdev=bar \
+		-object "memory-backend-file,id=gpu,size=256M,mem-path=$work/gpu.bin,share=on" \
+		-device ivshmem-plain,memdev=gpu \
 		-trace "enable=pci_nvme_map_addr,file=$work/dma.log" || echo "qemu exited with $?"
 	echo "VM wall time: $(($(date +%s) - t0)) s"
 	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode"
@@ -118,7 +129,7 @@ for k in $kernels; do
 	f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
 	if [ -z "$p" ]; then p=0 f=$((f + 1)); fi
 	total_pass=$((total_pass + p)) total_fail=$((total_fail + ${f:-1}))
-	[ "$keep" = 1 ] || rm -f "$build"/vm/*/{disk.img,fs.img,ivshmem.bin,initrd.gz}
+	[ "$keep" = 1 ] || rm -f "$build"/vm/*/{disk.img,fs.img,ivshmem.bin,gpu.bin,initrd.gz}
 done
 echo "== all kernels ($kernels)"
 echo "$total_pass passed, $total_fail failed"
