@@ -138,8 +138,8 @@ void write_chunk(Job &job, const char *stg, uint64_t a, uint64_t b) {
 // The caller always gets a lane (waiting if need be); pool workers join only
 // when a lane is free, so a busy system degrades to fewer lanes, not deadlock.
 template <typename ChunkLoop>
-void CompatEngine::run(size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop) {
-    const Config cfg = config();
+void CompatEngine::run(const Config &cfg, size_t nchunks, size_t chunk_bytes, MemKind kind,
+                       ChunkLoop &&loop) {
     const unsigned width = static_cast<unsigned>(std::min<size_t>(cfg.threads, nchunks));
     const auto caller = std::this_thread::get_id();
     run_parallel(width, [&] {
@@ -160,11 +160,25 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
         end = std::min<uint64_t>(end, std::max<uint64_t>(*file.size, off));
     if (end == off)
         return 0;
-    const Plan plan(off, end, config().chunk_bytes);
+    const Config cfg = config();
+    const Plan plan(off, end, cfg.chunk_bytes);
     Job job(file);
     char *dst = static_cast<char *>(buf);
 
-    run(plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
+    if (plan.nchunks == 1) {
+        // One chunk: no parallelism to gain, so no workers, no hand-off and
+        // one copy finished on the spot, all on the caller's thread.
+        LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
+        char *stg = static_cast<char *>(lease->staging[0].get());
+        const size_t got = read_chunk(job, stg, off, end);
+        if (got) {
+            Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
+            stream.copy_to_buffer(dst, stg + (off % kAlign), got);
+        }
+        return got;
+    }
+
+    run(cfg, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
         int cur = 0;
         bool pending = false; // a copy out of the other staging buffer is in flight
         try {
@@ -197,11 +211,21 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
                          uint64_t off) {
     if (n == 0)
         return;
-    const Plan plan(off, off + n, config().chunk_bytes);
+    const Config cfg = config();
+    const Plan plan(off, off + n, cfg.chunk_bytes);
     Job job(file);
     const char *src = static_cast<const char *>(buf);
 
-    run(plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
+    if (plan.nchunks == 1) { // as in read(): on the caller's thread, one copy
+        LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
+        char *stg = static_cast<char *>(lease->staging[0].get());
+        Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
+        stream.copy_to_staging(stg + (off % kAlign), src, n);
+        write_chunk(job, stg, off, off + n);
+        return;
+    }
+
+    run(cfg, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
         // Copy chunk j out of the device while chunk i is written to the file.
         auto fetch = [&](size_t i, int slot) {
             const uint64_t a = plan.begin_of(i), b = plan.end_of(i);

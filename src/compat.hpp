@@ -3,6 +3,7 @@
 // parallel on one request.
 #pragma once
 
+#include "config.hpp"
 #include "fileio.hpp"
 #include "lanes.hpp"
 #include "memory.hpp"
@@ -26,7 +27,7 @@ class CompatEngine {
 
   private:
     template <typename ChunkLoop>
-    void run(size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop);
+    void run(const Config &cfg, size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop);
 
     LanePool lanes_;
 };

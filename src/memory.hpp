@@ -27,6 +27,16 @@ class Stream {
     virtual void to_buffer(void *dst, const void *staging, size_t n) = 0;
     virtual void to_staging(void *staging, const void *src, size_t n) = 0;
     virtual void wait() = 0;
+    // One copy, finished on return: small requests run these on the
+    // caller's thread. The defaults queue the copy and wait.
+    virtual void copy_to_buffer(void *dst, const void *staging, size_t n) {
+        to_buffer(dst, staging, n);
+        wait();
+    }
+    virtual void copy_to_staging(void *staging, const void *src, size_t n) {
+        to_staging(staging, src, n);
+        wait();
+    }
 };
 
 // Host memory: copies are memcpy, done at once.

@@ -45,8 +45,52 @@ class CudaStream final : public Stream {
         cuda::set_current(ctx_);
         cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
     }
+    void copy_to_buffer(void *dst, const void *staging, size_t n) override {
+        cuda::set_current(ctx_);
+        if (small_copy_mode() == 1) {
+            cuda::check(drv().cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(dst), staging, n),
+                        "cuMemcpyHtoD");
+            return;
+        }
+        cuda::check(
+            drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), staging, n, stream_),
+            "cuMemcpyHtoDAsync");
+        finish();
+    }
+    void copy_to_staging(void *staging, const void *src, size_t n) override {
+        cuda::set_current(ctx_);
+        if (small_copy_mode() == 1) {
+            cuda::check(drv().cuMemcpyDtoH(staging, reinterpret_cast<CUdeviceptr>(src), n),
+                        "cuMemcpyDtoH");
+            return;
+        }
+        cuda::check(
+            drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
+            "cuMemcpyDtoHAsync");
+        finish();
+    }
 
   private:
+    // EXPERIMENT (PHXFS_SMALL_COPY): 0 async + cuStreamSynchronize, 1
+    // synchronous cuMemcpy, 2 async + spin on cuStreamQuery.
+    static int small_copy_mode() {
+        static const int mode = [] {
+            const char *v = std::getenv("PHXFS_SMALL_COPY");
+            return v ? std::atoi(v) : 0;
+        }();
+        return mode;
+    }
+    void finish() {
+        if (small_copy_mode() == 2) {
+            CUresult r;
+            while ((r = drv().cuStreamQuery(stream_)) == CUDA_ERROR_NOT_READY) {
+            }
+            cuda::check(r, "cuStreamQuery");
+            return;
+        }
+        cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
+    }
+
     CUcontext ctx_;
     CUstream stream_ = nullptr;
 };

@@ -120,6 +120,8 @@ const char *name(PathType t) {
         return "direct";
     case PathType::naive:
         return "naive";
+    case PathType::cufile:
+        return "cufile";
     }
     return "?";
 }
@@ -156,7 +158,8 @@ Options parse_options(int argc, char **argv) {
     const std::map<std::string, PathType> path_map{{"phxfs", PathType::phxfs},
                                                    {"compat", PathType::compat},
                                                    {"direct", PathType::direct},
-                                                   {"naive", PathType::naive}};
+                                                   {"naive", PathType::naive},
+                                                   {"cufile", PathType::cufile}};
     app.add_option("-f,--file", o.file,
                    "the data file (created with the pattern when missing "
                    "or smaller than --size)")
@@ -178,7 +181,8 @@ Options parse_options(int argc, char **argv) {
         ->check(CLI::IsMember(mem_map, CLI::ignore_case))
         ->capture_default_str();
     app.add_option("-x,--path", path_name,
-                   "phxfs (library auto mode), compat, direct, or naive (pread + copy)")
+                   "phxfs (library auto mode), compat, direct, naive (pread + copy), or cufile "
+                   "(NVIDIA cuFile, loaded at run time)")
         ->check(CLI::IsMember(path_map, CLI::ignore_case))
         ->capture_default_str();
     auto *dur =
@@ -188,6 +192,11 @@ Options parse_options(int argc, char **argv) {
     app.add_flag("--verify", o.verify, "check every byte moved against the file pattern");
     app.add_flag("--cold", o.cold, "drop the file from the page cache and open it O_DIRECT");
     app.add_flag("--json", o.json, "print one JSON object per run");
+    std::string bounce = "pageable";
+    app.add_option("--bounce", bounce,
+                   "naive path with GPU buffers: the host buffer it reads into, pageable or pinned")
+        ->check(CLI::IsMember({"pageable", "pinned"}))
+        ->capture_default_str();
     app.add_flag("--keep", o.keep, "keep a file this run created (default: remove it)");
     try {
         app.parse(argc, argv);
@@ -199,6 +208,7 @@ Options parse_options(int argc, char **argv) {
         o.io = io_map.at(lower(io_name));
         o.mem = mem_map.at(lower(mem_name));
         o.path = path_map.at(lower(path_name));
+        o.bounce_pinned = bounce == "pinned";
         if (!size_s.empty())
             o.file_size = parse_size(size_s);
         o.io_sizes = parse_size_sweep(io_s);

@@ -10,7 +10,7 @@ namespace phxbench {
 
 enum class IoType { read, write, randread, randwrite };
 enum class MemType { device, pinned, pageable };
-enum class PathType { phxfs, compat, direct, naive };
+enum class PathType { phxfs, compat, direct, naive, cufile };
 
 struct Options {
     std::string file;
@@ -27,6 +27,7 @@ struct Options {
     bool cold = false;
     bool json = false;
     bool keep = false;
+    bool bounce_pinned = false; // naive: bounce through pinned memory (default pageable)
 };
 
 // Parses argv; prints help or the error and exits (0 for --help, 1 for

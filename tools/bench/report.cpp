@@ -17,7 +17,14 @@ std::string fmt(const char *f, double v) {
 // Which path moved the bytes, from the library's counters.
 std::string path_line(const Options &o, const RunResult &r) {
     if (o.path == PathType::naive)
-        return "Path: naive (pread into host memory, then a copy; libphxfs not used)";
+        return o.mem == MemType::device
+                   ? std::string("Path: naive (pread/pwrite through a ") +
+                         (o.bounce_pinned ? "pinned" : "pageable") +
+                         " host buffer and a synchronous copy; libphxfs not used)"
+                   : "Path: naive (pread/pwrite straight on the host buffer; libphxfs not used)";
+    if (o.path == PathType::cufile)
+        return "Path: cuFile (cuFileRead/cuFileWrite, buffers registered with cuFileBufRegister; "
+               "libphxfs not used)";
     if (!r.have_stats)
         return "Path: unknown (phxfs_get_stats failed)";
     const bool w = is_write(o.io);
@@ -47,6 +54,8 @@ std::string xfer_type(const Options &o) {
         return "PHXFS(direct)";
     case PathType::naive:
         return "NAIVE";
+    case PathType::cufile:
+        return "CUFILE";
     }
     return "?";
 }

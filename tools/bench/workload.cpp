@@ -3,6 +3,7 @@
 // and times every request.
 #include "workload.hpp"
 
+#include "cufile_api.hpp"
 #include "memory.hpp"
 #include "pattern.hpp"
 
@@ -172,6 +173,7 @@ struct Shared {
     std::optional<uint64_t> mismatch;
     std::string mismatch_detail;
     std::string note;
+    phxcufile::CUfileHandle_t cufile = nullptr; // -x cufile: the file's handle
 
     Shared(const Options &opt, uint64_t io, uint64_t fs, int f, unsigned n)
         : o(opt), io_size(io), file_size(fs), fd(f), ready(n) {}
@@ -241,16 +243,39 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     const Options &o = s.o;
     const bool write = is_write(o.io);
     const bool naive = o.path == PathType::naive;
+    const bool cufile = o.path == PathType::cufile;
     std::optional<IoBuffer> buf;
     HostBuffer scratch; // pattern fills, verification, the naive path's bounce buffer
+    phxtools::CudaBuffer pinned_bounce; // naive --bounce pinned
+    void *bounce = nullptr;             // where the naive path reads to / writes from
+    const phxcufile::Api *cf = cufile ? phxcufile::api() : nullptr;
+    bool cf_registered = false;
     try {
-        buf.emplace(o.device, o.mem, s.io_size, !naive);
+        buf.emplace(o.device, o.mem, s.io_size, !naive && !cufile);
         if (!buf->why_unregistered().empty() && t == 0) {
             std::lock_guard lock(s.m);
             s.note = "buffers not registered: " + buf->why_unregistered();
         }
         if (o.verify || naive || buf->on_gpu())
             scratch = alloc_host(s.io_size);
+        if (naive) {
+            bounce = buf->on_gpu() ? scratch.get() : buf->data(); // host buffers: read into them
+            if (buf->on_gpu() && o.bounce_pinned) {
+                phxtools::Cuda *c = phxtools::Cuda::get(o.device);
+                if (!c)
+                    throw std::runtime_error("--bounce pinned: " +
+                                             phxtools::Cuda::why_unavailable());
+                pinned_bounce = phxtools::cuda_alloc_pinned(*c, s.io_size);
+                bounce = pinned_bounce.get();
+            }
+        }
+        if (cf && buf->on_gpu()) {
+            const auto e = cf->cuFileBufRegister(buf->data(), s.io_size, 0);
+            if (e.err != phxcufile::CU_FILE_SUCCESS)
+                throw std::runtime_error("cuFileBufRegister of " + std::to_string(s.io_size) +
+                                         " bytes: " + phxcufile::error_text(e));
+            cf_registered = true;
+        }
         if (write && !o.verify) { // some content; --verify writes the pattern per request
             fill_pattern(scratch ? scratch.get() : buf->data(), s.io_size, 0);
             if (scratch)
@@ -259,6 +284,14 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     } catch (const std::exception &e) {
         s.fail(e.what());
     }
+    struct BufDeregister { // after the run, before the buffer is freed
+        const phxcufile::Api *cf;
+        const void *p;
+        ~BufDeregister() {
+            if (cf && p)
+                cf->cuFileBufDeregister(p);
+        }
+    } cf_dereg{cf, cf_registered ? buf->data() : nullptr};
     s.ready.count_down();
     s.start.wait();
     if (s.stop)
@@ -275,12 +308,28 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
             }
             const auto t0 = Clock::now();
             if (naive && write) {
-                buf->to_host(scratch.get(), 0, len);
-                pwrite_all(s.fd, scratch.get(), len, off);
+                if (bounce != buf->data())
+                    buf->to_host(bounce, 0, len);
+                pwrite_all(s.fd, bounce, len, off);
             } else if (naive) {
-                if (pread_all(s.fd, scratch.get(), len, off) != len)
+                if (pread_all(s.fd, bounce, len, off) != len)
                     throw std::runtime_error("short pread at " + std::to_string(off));
-                buf->from_host(scratch.get(), 0, len);
+                if (bounce != buf->data())
+                    buf->from_host(bounce, 0, len);
+            } else if (cufile) {
+                const ssize_t n =
+                    write ? cf->cuFileWrite(s.cufile, buf->data(), len, static_cast<off_t>(off), 0)
+                          : cf->cuFileRead(s.cufile, buf->data(), len, static_cast<off_t>(off), 0);
+                if (n < 0)
+                    throw std::runtime_error(
+                        std::string(write ? "cuFileWrite" : "cuFileRead") + " of " +
+                        std::to_string(len) + " bytes at " + std::to_string(off) + " failed: " +
+                        (n == -1 ? std::string(std::strerror(errno))
+                                 : phxcufile::error_text({static_cast<int>(-n), 0})));
+                if (static_cast<uint64_t>(n) != len)
+                    throw std::runtime_error("short " + std::string(write ? "write" : "read") +
+                                             " at " + std::to_string(off) + ": " +
+                                             std::to_string(n) + " of " + std::to_string(len));
             } else {
                 const ssize_t n = write ? phxfs_write(fid, buf->data(), 0, len, off)
                                         : phxfs_read(fid, buf->data(), 0, len, off);
@@ -305,7 +354,7 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
                 r.written.emplace_back(off, len);
             if (!write && o.verify) { // every byte moved, against the pattern
                 const uint8_t *host = static_cast<const uint8_t *>(buf->data());
-                if (naive || buf->on_gpu()) {
+                if (buf->on_gpu()) {
                     buf->to_host(scratch.get(), 0, len);
                     host = scratch.get();
                 }
@@ -401,6 +450,37 @@ void verify_written(const std::string &path, RunResult &res) {
         write_pattern(fd.get(), pos, res.file_size);
 }
 
+// -x cufile: the driver (opened once per process; closing it can take
+// seconds, so the process exit does) and the file's handle for one run.
+class CufileHandle {
+  public:
+    phxcufile::CUfileHandle_t open(int fd) {
+        api_ = phxcufile::api();
+        if (!api_)
+            throw std::runtime_error("-x cufile: " + phxcufile::why());
+        static std::once_flag once;
+        static phxcufile::CUfileError_t opened{};
+        std::call_once(once, [&] { opened = api_->cuFileDriverOpen(); });
+        if (opened.err != phxcufile::CU_FILE_SUCCESS)
+            throw std::runtime_error("cuFileDriverOpen: " + phxcufile::error_text(opened));
+        phxcufile::CUfileDescr_t d{};
+        d.type = phxcufile::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
+        d.handle.fd = fd;
+        const auto e = api_->cuFileHandleRegister(&h_, &d);
+        if (e.err != phxcufile::CU_FILE_SUCCESS)
+            throw std::runtime_error("cuFileHandleRegister: " + phxcufile::error_text(e));
+        return h_;
+    }
+    ~CufileHandle() {
+        if (h_)
+            api_->cuFileHandleDeregister(h_);
+    }
+
+  private:
+    const phxcufile::Api *api_ = nullptr;
+    phxcufile::CUfileHandle_t h_ = nullptr;
+};
+
 } // namespace
 
 uint64_t prepare_file(const std::string &path, uint64_t size, bool check_existing, bool &created) {
@@ -462,13 +542,17 @@ RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
             errno_msg("open " + o.file + (o.cold ? " with O_DIRECT (--cold)" : "")));
 
     Shared s(o, io_size, file_size, fd.get(), o.threads);
+    CufileHandle cf_handle;
+    if (o.path == PathType::cufile)
+        s.cufile = cf_handle.open(fd.get());
     res.threads.resize(o.threads);
     if (file_size / o.threads < 4096 && o.threads > 1 && !is_random(o.io))
         throw std::runtime_error("file too small for " + std::to_string(o.threads) +
                                  " threads (each needs a region of at least 4 KiB)");
     phxfs_stats before{}, after{};
     before.size = after.size = sizeof(phxfs_stats);
-    const bool stats_ok = o.path != PathType::naive && phxfs_get_stats(o.device, &before) == 0;
+    const bool stats_ok = o.path != PathType::naive && o.path != PathType::cufile &&
+                          phxfs_get_stats(o.device, &before) == 0;
     {
         std::vector<std::jthread> workers;
         for (unsigned t = 0; t < o.threads; ++t)

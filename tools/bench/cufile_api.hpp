@@ -1,0 +1,129 @@
+// cufile_api.hpp - the few cuFile (NVIDIA GPUDirect Storage) calls that
+// phxfs-bench and bench/costs compare against, loaded at run time.
+//
+// Written from NVIDIA's public cuFile API reference (docs.nvidia.com, "cuFile
+// API Reference Guide"): the types below are declared here with the layout
+// that reference describes for 64-bit Linux, so the tools build without
+// cufile.h and run without libcufile (they then say that cuFile is missing).
+// Only what the benchmarks use: driver open/close, file handle and buffer
+// registration, and synchronous read/write.
+#pragma once
+
+#include <dlfcn.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+namespace phxcufile {
+
+// CUfileError_t: a cuFile status (0 success, 5000 + n a cuFile error) and the
+// CUDA driver status behind it when the error came from CUDA.
+struct CUfileError_t {
+    int err;    // CUfileOpError
+    int cu_err; // CUresult
+};
+inline constexpr int CU_FILE_SUCCESS = 0;
+
+// CUfileDescr_t: what cuFileHandleRegister registers. For a POSIX file, type
+// is CU_FILE_HANDLE_TYPE_OPAQUE_FD and handle.fd the open descriptor.
+inline constexpr int CU_FILE_HANDLE_TYPE_OPAQUE_FD = 1;
+struct CUfileDescr_t {
+    int type;
+    union {
+        int fd;
+        void *handle;
+    } handle;
+    const void *fs_ops; // NULL for kernel file systems
+};
+using CUfileHandle_t = void *;
+
+struct Api {
+    CUfileError_t (*cuFileDriverOpen)() = nullptr;
+    CUfileError_t (*cuFileDriverClose)() = nullptr;
+    CUfileError_t (*cuFileHandleRegister)(CUfileHandle_t *, CUfileDescr_t *) = nullptr;
+    void (*cuFileHandleDeregister)(CUfileHandle_t) = nullptr;
+    CUfileError_t (*cuFileBufRegister)(const void *, size_t, int) = nullptr;
+    CUfileError_t (*cuFileBufDeregister)(const void *) = nullptr;
+    // (handle, device base pointer, bytes, file offset, offset into the buffer)
+    ssize_t (*cuFileRead)(CUfileHandle_t, void *, size_t, off_t, off_t) = nullptr;
+    ssize_t (*cuFileWrite)(CUfileHandle_t, const void *, size_t, off_t, off_t) = nullptr;
+    std::string library; // the file name that was loaded
+};
+
+namespace detail {
+struct Loaded {
+    Api api;
+    bool ok = false;
+    std::string why;
+};
+inline Loaded &loaded() {
+    static Loaded l;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        // PHXFS_CUFILE_LIB names the library explicitly; else the loader's
+        // search path finds libcufile.so.0 (or the unversioned link).
+        const char *env = std::getenv("PHXFS_CUFILE_LIB");
+        const char *names[] = {env && *env ? env : nullptr, "libcufile.so.0", "libcufile.so"};
+        void *h = nullptr;
+        std::string tried;
+        for (const char *n : names) {
+            if (!n)
+                continue;
+            if ((h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) {
+                l.api.library = n;
+                break;
+            }
+            const char *e = dlerror();
+            tried += std::string(tried.empty() ? "" : "; ") + (e ? e : n);
+        }
+        if (!h) {
+            l.why = "cuFile is not installed (dlopen of libcufile.so.0 and libcufile.so failed: " +
+                    tried + "); set PHXFS_CUFILE_LIB or LD_LIBRARY_PATH to its directory";
+            return;
+        }
+        auto sym = [&](auto &f, std::initializer_list<const char *> names_) {
+            for (const char *n : names_)
+                if (void *p = dlsym(h, n)) {
+                    f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(p);
+                    return true;
+                }
+            l.why = std::string(l.api.library) + " lacks " + *names_.begin();
+            return false;
+        };
+        Api &a = l.api;
+        l.ok = sym(a.cuFileDriverOpen, {"cuFileDriverOpen"}) &&
+               sym(a.cuFileDriverClose, {"cuFileDriverClose_v2", "cuFileDriverClose"}) &&
+               sym(a.cuFileHandleRegister, {"cuFileHandleRegister"}) &&
+               sym(a.cuFileHandleDeregister, {"cuFileHandleDeregister"}) &&
+               sym(a.cuFileBufRegister, {"cuFileBufRegister"}) &&
+               sym(a.cuFileBufDeregister, {"cuFileBufDeregister"}) &&
+               sym(a.cuFileRead, {"cuFileRead"}) && sym(a.cuFileWrite, {"cuFileWrite"});
+    });
+    return l;
+}
+} // namespace detail
+
+// The loaded API, or nullptr with the reason in why().
+inline const Api *api() {
+    return detail::loaded().ok ? &detail::loaded().api : nullptr;
+}
+inline const std::string &why() {
+    return detail::loaded().why;
+}
+
+// "cuFile error 5027 (CUDA 0)" with a hint for the errors seen on VMs.
+inline std::string error_text(CUfileError_t e) {
+    std::string s = "cuFile error " + std::to_string(e.err);
+    if (e.cu_err)
+        s += " (CUDA error " + std::to_string(e.cu_err) + ")";
+    if (e.err == 5027)
+        s += ": cuFile could not read the volume's attributes; on a VM or container it needs "
+             "udev data for the disk (/run/udev/data/b<major>:<minor> with ID_FS_TYPE and "
+             "ID_FS_USAGE), and allow_compat_mode in cufile.json";
+    return s;
+}
+
+} // namespace phxcufile
