@@ -48,6 +48,7 @@ cleanup() {
     [ "${KEEP:-0}" = 1 ] || rm -f "$D"/f1g.dat "$D"/f8g.dat "$D"/w4g.dat "$D"/phx-costs.dat
     if [ -n "${OUT:-}" ]; then
         cp "$LOG" "$RES" "$OUT"/ 2>/dev/null
+        cp "$W"/cufile*.log "$OUT"/ 2>/dev/null
         [ -f "$W/summary.md" ] && cp "$W/summary.md" "$OUT"/
     fi
 }
