@@ -1,6 +1,7 @@
 # Phoenix: the two commands a newcomer needs are `make demo` and `make test`.
 # Everything else here is what those two are made of.
 
+MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)

@@ -182,6 +182,30 @@ static void phxfs_dev_free(struct phxfs_dev *dev)
 	kfree(dev);
 }
 
+/*
+ * The PCI device and BAR named by DOMAIN:BUS:DEV.FN@BAR in module parameter
+ * param; the caller owns a reference on the device.
+ */
+struct pci_dev *phxfs_pci_spec(const char *param, const char *spec, int *bar)
+{
+	unsigned int domain, bus, slot, fn;
+	struct pci_dev *pdev;
+
+	if (sscanf(spec, "%x:%x:%x.%x@%d", &domain, &bus, &slot, &fn,
+		   bar) != 5 || slot > 31 || fn > 7 || *bar < 0 ||
+	    *bar >= PCI_STD_NUM_BARS) {
+		pr_err("phxfs: %s=%s: expected DOMAIN:BUS:DEV.FN@BAR\n", param,
+		       spec);
+		return ERR_PTR(-EINVAL);
+	}
+	pdev = pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
+	if (!pdev) {
+		pr_err("phxfs: %s=%s: no such PCI device\n", param, spec);
+		return ERR_PTR(-ENODEV);
+	}
+	return pdev;
+}
+
 int phxfs_dev_add(struct pci_dev *pdev, int bar, u64 page_size,
 		  const struct phxfs_provider_ops *ops, void *priv)
 {

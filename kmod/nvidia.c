@@ -164,22 +164,12 @@ static int nv_add(struct pci_dev *pdev, int bar)
 
 static int nv_add_extra(const char *spec)
 {
-	unsigned int domain, bus, slot, fn;
 	struct pci_dev *pdev;
 	int bar, ret;
 
-	if (sscanf(spec, "%x:%x:%x.%x@%d", &domain, &bus, &slot, &fn,
-		   &bar) != 5 || slot > 31 || fn > 7 || bar < 0 ||
-	    bar >= PCI_STD_NUM_BARS) {
-		pr_err("phxfs: nvidia_extra=%s: expected DOMAIN:BUS:DEV.FN@BAR\n",
-		       spec);
-		return -EINVAL;
-	}
-	pdev = pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
-	if (!pdev) {
-		pr_err("phxfs: nvidia_extra=%s: no such PCI device\n", spec);
-		return -ENODEV;
-	}
+	pdev = phxfs_pci_spec("nvidia_extra", spec, &bar);
+	if (IS_ERR(pdev))
+		return PTR_ERR(pdev);
 	ret = nv_add(pdev, bar);
 	pci_dev_put(pdev);
 	return ret;

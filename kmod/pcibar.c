@@ -64,22 +64,12 @@ const struct phxfs_provider_ops phxfs_pcibar_ops = {
 
 static int pcibar_add(const char *spec)
 {
-	unsigned int domain, bus, slot, fn;
 	struct pci_dev *pdev;
 	int bar, ret;
 
-	if (sscanf(spec, "%x:%x:%x.%x@%d", &domain, &bus, &slot, &fn,
-		   &bar) != 5 || slot > 31 || fn > 7 || bar < 0 ||
-	    bar >= PCI_STD_NUM_BARS) {
-		pr_err("phxfs: pcibar=%s: expected DOMAIN:BUS:DEV.FN@BAR\n",
-		       spec);
-		return -EINVAL;
-	}
-	pdev = pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
-	if (!pdev) {
-		pr_err("phxfs: pcibar=%s: no such PCI device\n", spec);
-		return -ENODEV;
-	}
+	pdev = phxfs_pci_spec("pcibar", spec, &bar);
+	if (IS_ERR(pdev))
+		return PTR_ERR(pdev);
 	if (!(pci_resource_flags(pdev, bar) & IORESOURCE_MEM)) {
 		pci_err(pdev, "phxfs: BAR%d is not a memory BAR\n", bar);
 		ret = -EINVAL;

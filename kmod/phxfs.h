@@ -108,6 +108,7 @@ extern const struct phxfs_provider_ops phxfs_nvidia_ops;
 int phxfs_dev_add(struct pci_dev *pdev, int bar, u64 page_size,
 		  const struct phxfs_provider_ops *ops, void *priv);
 void phxfs_dev_remove_all(void);
+struct pci_dev *phxfs_pci_spec(const char *param, const char *spec, int *bar);
 int phxfs_chrdev_init(void);
 void phxfs_chrdev_exit(void);
 

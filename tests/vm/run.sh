@@ -7,8 +7,9 @@
 #   tests/vm/run.sh [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR]
 #                   [--demo] [--keep]
 #
-# --extra DIR  copies DIR's executables into the guest and runs them after
-#              the tests (with /dev/phxfs0 and the disks ready), output shown.
+# --extra DIR  copies DIR into the guest as /extra and runs each executable
+#              file at its top after the tests (/dev/phxfs0 and the disks ready,
+#              ext4 at /mnt/fs), output shown; their exit status counts.
 # --demo       runs the direct-path demo only (make demo).
 # Kernel packages are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm).
 set -euo pipefail
@@ -75,7 +76,7 @@ make_initramfs() {
 	done
 	if [ -n "$extra" ]; then
 		cp -r "$extra"/. "$root/extra/"
-		for f in "$root"/extra/*; do [ -x "$f" ] && copy_libs "$root" "$f"; done
+		find "$root/extra" -type f | while read -r f; do copy_libs "$root" "$f"; done
 	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
 }

@@ -2,6 +2,7 @@
 // configuration, the kernel module, the devices, and for each PATH given the
 // file system, whether O_DIRECT works there, and so which path a read takes.
 #include "../gpu_memory.hpp"
+#include "platform.hpp"
 #include "probe.hpp"
 
 #include <phxfs/phxfs.h>
@@ -80,6 +81,12 @@ void print_text(const json &j) {
                     ? ""
                     : (", version " + k["version"].get<std::string>()).c_str(),
                 nodes.empty() ? "none" : nodes.c_str());
+    const json &pl = j["platform"];
+    std::printf("IOMMU: %s (%s)\n", pl["iommu"].get<std::string>().c_str(),
+                pl["iommu_detail"].get<std::string>().c_str());
+    std::printf("NVIDIA driver: %s\n", pl["nvidia_driver"].get<std::string>().empty()
+                                           ? "not loaded (the nvidia provider needs it)"
+                                           : pl["nvidia_driver"].get<std::string>().c_str());
     const json &cu = j["cuda"];
     std::printf("CUDA driver: %s\n", cu["available"].get<bool>()
                                          ? "available"
@@ -102,6 +109,25 @@ void print_text(const json &j) {
                     d["direct"].get<bool>()
                         ? ""
                         : (" (" + d["why_not_direct"].get<std::string>() + ")").c_str());
+        if (!d.contains("pci"))
+            continue;
+        const json &pci = d["pci"];
+        if (pci.contains("error")) {
+            std::printf("    pci: %s\n", pci["error"].get<std::string>().c_str());
+            continue;
+        }
+        if (d["kind"] == "cuda")
+            std::printf("    BAR1 (the GPU memory window): %s\n",
+                        mib(pci["bar1_bytes"].get<uint64_t>()).c_str());
+        if (!pci["iommu_group_type"].get<std::string>().empty())
+            std::printf("    IOMMU group type: %s\n",
+                        pci["iommu_group_type"].get<std::string>().c_str());
+        if (pci["nvme"].empty())
+            std::printf("    no NVMe controller on this machine's PCI bus\n");
+        for (const auto &p : pci["nvme"])
+            std::printf("    %s (%s): %s\n", p["name"].get<std::string>().c_str(),
+                        p["bus_id"].get<std::string>().c_str(),
+                        p["relation"].get<std::string>().c_str());
     }
     for (const auto &p : j["paths"]) {
         const std::string path = p["path"].get<std::string>();
@@ -155,6 +181,10 @@ int main(int argc, char **argv) {
     }
     const phxcheck::KmodInfo k = phxcheck::probe_kmod();
     j["kernel_module"] = {{"loaded", k.loaded}, {"version", k.version}, {"nodes", k.nodes}};
+    const phxcheck::IommuInfo iommu = phxcheck::probe_iommu();
+    j["platform"] = {{"iommu", iommu.mode},
+                     {"iommu_detail", iommu.detail},
+                     {"nvidia_driver", phxcheck::nvidia_driver_version()}};
     const std::string why_no_cuda = phxtools::Cuda::why_unavailable();
     j["cuda"] = {{"available", why_no_cuda.empty()}, {"why_not", why_no_cuda}};
 
@@ -174,6 +204,20 @@ int main(int argc, char **argv) {
                            {"why_not_direct", info.why_not_direct},
                            {"pci_bus_id", info.pci_bus_id},
                            {"kmod_index", info.kmod_index}});
+        if (info.pci_bus_id[0] == '\0')
+            continue;
+        // Where the device sits: what decides whether peer-to-peer DMA works.
+        const phxcheck::PciDeviceInfo pci = phxcheck::probe_pci(info.pci_bus_id);
+        json peers = json::array();
+        for (const auto &p : pci.nvme)
+            peers.push_back({{"name", p.name},
+                             {"bus_id", p.bus_id},
+                             {"relation", p.relation},
+                             {"p2p_likely", p.p2p_likely}});
+        devices.back()["pci"] = pci.error.empty() ? json{{"bar1_bytes", pci.bar1_bytes},
+                                                         {"iommu_group_type", pci.iommu_group_type},
+                                                         {"nvme", peers}}
+                                                  : json{{"error", pci.error}};
     }
     j["devices"] = devices;
     if (n < 0)
