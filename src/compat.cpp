@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -87,6 +88,17 @@ void fail_participant(Job &job, Stream &stream, bool pending) {
         }
     }
     job.set_error(std::current_exception());
+}
+
+// The pipeline's copy granularity within a chunk (PHXFS_PIECE_KB, for
+// measurement; 4 KiB multiple).
+uint64_t piece_bytes() {
+    static const uint64_t v = [] {
+        const char *e = std::getenv("PHXFS_PIECE_KB");
+        const uint64_t kb = e && *e ? std::strtoull(e, nullptr, 10) : 1024;
+        return std::max<uint64_t>(kAlign, align_down(kb << 10, kAlign));
+    }();
+    return v;
 }
 
 bool is_einval(const Error &e) {
@@ -173,28 +185,43 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
         const size_t got = read_chunk(job, stg, off, end);
         if (got) {
             Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
-            stream.copy_to_buffer(dst, stg + (off % kAlign), got);
+            stream.to_buffer(dst, stg + (off % kAlign), got);
+            stream.wait();
         }
         return got;
     }
 
+    // Each participant reads its chunk in pieces and queues the copy of each
+    // piece as soon as it is read, so the copy engine starts after one piece
+    // (not one chunk per participant) and the last copy is a piece long. A
+    // chunk's staging buffer is reused two chunks later, once the copies
+    // marked on it are done; nothing else waits.
+    const uint64_t piece = std::min<uint64_t>(piece_bytes(), plan.chunk);
     run(cfg, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
         int cur = 0;
-        bool pending = false; // a copy out of the other staging buffer is in flight
+        bool pending = false; // copies queued and not waited for
         try {
             while (auto i = job.grab(plan.nchunks)) {
                 const uint64_t a = plan.begin_of(*i), b = plan.end_of(*i);
+                const uint64_t base = align_down(a, kAlign); // staging byte 0
                 char *stg = static_cast<char *>(lane.staging[cur].get());
-                const size_t got = read_chunk(job, stg, a, b);
-                if (got < b - a)
-                    job.note_short(a + got);
                 if (pending)
-                    stream.wait();
-                pending = false;
-                if (got) {
-                    stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
-                    pending = true;
+                    stream.wait_mark(cur); // the copies out of it two chunks ago
+                for (uint64_t pa = a; pa < b;) {
+                    const uint64_t pb = std::min(b, align_down(pa, piece) + piece);
+                    const size_t got =
+                        read_chunk(job, stg + (align_down(pa, kAlign) - base), pa, pb);
+                    if (got) {
+                        stream.to_buffer(dst + (pa - off), stg + (pa - base), got);
+                        pending = true;
+                    }
+                    if (got < pb - pa) {
+                        job.note_short(pa + got);
+                        break;
+                    }
+                    pa = pb;
                 }
+                stream.mark(cur);
                 cur ^= 1;
             }
             if (pending)
@@ -220,7 +247,8 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
         LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
         char *stg = static_cast<char *>(lease->staging[0].get());
         Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
-        stream.copy_to_staging(stg + (off % kAlign), src, n);
+        stream.to_staging(stg + (off % kAlign), src, n);
+        stream.wait();
         write_chunk(job, stg, off, off + n);
         return;
     }

@@ -177,9 +177,8 @@ Resolved Device::resolve_locked(char *p, size_t n) {
     }
     if (!p)
         fail(EFAULT, "NULL buffer");
-    backend_->check_range(p, n);
+    out.kind = backend_->check_range(p, n).kind; // classifies p once
     out.buf = p;
-    out.kind = classify(p).kind;
     if (reg && reg->mapping)
         out.direct = reg->target + (a - reg->start);
     return out;
@@ -201,15 +200,19 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
     // The direct part: whole 4 KiB blocks whose device address is aligned too.
     uint64_t ma = off, mb = off;
     UniqueFd twin;
-    std::string why = why_not_direct_;
+    // Why the direct path does not serve the request; built only for the
+    // error of direct mode (the common compat path allocates nothing).
+    std::string why;
+    const char *why_not = nullptr;
     if (mode == PHXFS_MODE_COMPAT) {
-        why = "compat mode";
+        why_not = "compat mode";
     } else if (!r.direct) {
-        if (why.empty())
-            why = "buffer is not registered with phxfs_regmem";
+        why_not = why_not_direct_.empty() ? "buffer is not registered with phxfs_regmem"
+                                          : why_not_direct_.c_str();
     } else if ((reinterpret_cast<uintptr_t>(r.direct) - off) % kAlign) {
-        why = "buffer address and file offset differ in alignment within 4 KiB";
+        why_not = "buffer address and file offset differ in alignment within 4 KiB";
     } else {
+        why_not = why_not_direct_.c_str();
         ma = std::min(align_up(off, kAlign), end);
         mb = std::max(align_down(end, kAlign), ma);
         if (ma < mb && !fi.direct) {
@@ -223,7 +226,7 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
     }
     if (mode == PHXFS_MODE_DIRECT && (ma != off || mb != end))
         fail(ENOTSUP, "direct mode: " +
-                          (ma == mb ? why
+                          (ma == mb ? (why.empty() ? std::string(why_not) : why)
                                     : std::string("unaligned head or tail (offsets and lengths "
                                                   "must be 4 KiB multiples)")));
     if (direct_capable() && (ma != off || mb != end))

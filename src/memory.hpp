@@ -27,14 +27,12 @@ class Stream {
     virtual void to_buffer(void *dst, const void *staging, size_t n) = 0;
     virtual void to_staging(void *staging, const void *src, size_t n) = 0;
     virtual void wait() = 0;
-    // One copy, finished on return: small requests run these on the
-    // caller's thread. The defaults queue the copy and wait.
-    virtual void copy_to_buffer(void *dst, const void *staging, size_t n) {
-        to_buffer(dst, staging, n);
-        wait();
-    }
-    virtual void copy_to_staging(void *staging, const void *src, size_t n) {
-        to_staging(staging, src, n);
+    // Marks slot (0 or 1): wait_mark(slot) returns once every copy queued
+    // before the last mark(slot) has finished (at once if never marked).
+    // Copies done at once (host memory) need neither.
+    virtual void mark(int slot) { (void)slot; }
+    virtual void wait_mark(int slot) {
+        (void)slot;
         wait();
     }
 };
@@ -55,8 +53,9 @@ class Backend {
     virtual StagingBuffer alloc_staging(size_t n) = 0;
     // A stream for buffers of this backend's kind.
     virtual std::unique_ptr<Stream> make_stream() = 0;
-    // Throws Error(EFAULT) unless [p, p + n) is memory this backend serves.
-    virtual void check_range(const void *p, size_t n) const = 0;
+    // Throws Error(EFAULT) unless [p, p + n) is memory this backend serves;
+    // returns what the memory is (classify(p)).
+    virtual MemInfo check_range(const void *p, size_t n) const = 0;
 };
 
 std::unique_ptr<Backend> make_host_backend();

@@ -21,12 +21,23 @@ class CudaStream final : public Stream {
     explicit CudaStream(CUcontext ctx) : ctx_(ctx) {
         cuda::set_current(ctx_);
         cuda::check(drv().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+        for (CUevent &e : marks_) {
+            if (CUresult r = drv().cuEventCreate(&e, CU_EVENT_DISABLE_TIMING); r != CUDA_SUCCESS) {
+                for (CUevent m : marks_)
+                    if (m)
+                        drv().cuEventDestroy(m);
+                drv().cuStreamDestroy(stream_);
+                cuda::check(r, "cuEventCreate");
+            }
+        }
     }
     ~CudaStream() override {
         try {
             cuda::set_current(ctx_);
         } catch (const Error &) { // destroy anyway: the context is the primary one
         }
+        for (CUevent e : marks_)
+            drv().cuEventDestroy(e);
         drv().cuStreamDestroy(stream_);
     }
     void to_buffer(void *dst, const void *staging, size_t n) override {
@@ -45,54 +56,19 @@ class CudaStream final : public Stream {
         cuda::set_current(ctx_);
         cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
     }
-    void copy_to_buffer(void *dst, const void *staging, size_t n) override {
+    void mark(int slot) override {
         cuda::set_current(ctx_);
-        if (small_copy_mode() == 1) {
-            cuda::check(drv().cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(dst), staging, n),
-                        "cuMemcpyHtoD");
-            return;
-        }
-        cuda::check(
-            drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), staging, n, stream_),
-            "cuMemcpyHtoDAsync");
-        finish();
+        cuda::check(drv().cuEventRecord(marks_[slot], stream_), "cuEventRecord");
     }
-    void copy_to_staging(void *staging, const void *src, size_t n) override {
+    void wait_mark(int slot) override {
         cuda::set_current(ctx_);
-        if (small_copy_mode() == 1) {
-            cuda::check(drv().cuMemcpyDtoH(staging, reinterpret_cast<CUdeviceptr>(src), n),
-                        "cuMemcpyDtoH");
-            return;
-        }
-        cuda::check(
-            drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
-            "cuMemcpyDtoHAsync");
-        finish();
+        cuda::check(drv().cuEventSynchronize(marks_[slot]), "cuEventSynchronize");
     }
 
   private:
-    // EXPERIMENT (PHXFS_SMALL_COPY): 0 async + cuStreamSynchronize, 1
-    // synchronous cuMemcpy, 2 async + spin on cuStreamQuery.
-    static int small_copy_mode() {
-        static const int mode = [] {
-            const char *v = std::getenv("PHXFS_SMALL_COPY");
-            return v ? std::atoi(v) : 0;
-        }();
-        return mode;
-    }
-    void finish() {
-        if (small_copy_mode() == 2) {
-            CUresult r;
-            while ((r = drv().cuStreamQuery(stream_)) == CUDA_ERROR_NOT_READY) {
-            }
-            cuda::check(r, "cuStreamQuery");
-            return;
-        }
-        cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
-    }
-
     CUcontext ctx_;
     CUstream stream_ = nullptr;
+    CUevent marks_[2] = {nullptr, nullptr};
 };
 
 class CudaBackend final : public Backend {
@@ -110,12 +86,12 @@ class CudaBackend final : public Backend {
         return StagingBuffer(p, StagingFree{true});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
-    void check_range(const void *p, size_t n) const override {
+    MemInfo check_range(const void *p, size_t n) const override {
         if (!p)
             fail(EFAULT, "NULL buffer");
         const MemInfo mi = classify(p);
         if (mi.kind != MemKind::cuda)
-            return; // host memory is always usable
+            return mi; // host memory is always usable
         if (mi.cuda_ordinal != ordinal_)
             fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) + ", not GPU " +
                              std::to_string(ordinal_));
@@ -125,6 +101,7 @@ class CudaBackend final : public Backend {
                 CUDA_SUCCESS &&
             reinterpret_cast<CUdeviceptr>(p) + n > base + size)
             fail(EFAULT, "range runs past the end of its cudaMalloc allocation");
+        return mi;
     }
 
   private:

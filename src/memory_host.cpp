@@ -34,11 +34,13 @@ class HostBackend final : public Backend {
         return StagingBuffer(p, StagingFree{false});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<HostStream>(); }
-    void check_range(const void *p, size_t) const override {
+    MemInfo check_range(const void *p, size_t) const override {
         if (!p)
             fail(EFAULT, "NULL buffer");
-        if (classify(p).kind != MemKind::host)
+        const MemInfo mi = classify(p);
+        if (mi.kind != MemKind::host)
             fail(EFAULT, "buffer is GPU memory, but the device is host memory");
+        return mi;
     }
 };
 
