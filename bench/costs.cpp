@@ -239,11 +239,13 @@ int main(int argc, char **argv) {
     std::vector<char> pageable(1 << 20);
     const auto dptr = reinterpret_cast<CUdeviceptr>(bufs[1]); // the 64 KiB buffer
     unsigned long long rnd = 1;
-    auto next_off = [&] {
+    size_t n = 4096;
+    auto next_off = [&] { // a random n-aligned offset of a whole request in the file
         rnd = rnd * 6364136223846793005ull + 1442695040888963407ull;
-        return static_cast<off_t>((rnd >> 33) % (kFile / 4096) * 4096);
+        return static_cast<off_t>((rnd >> 33) % (kFile / n) * n);
     };
-    for (size_t n : {size_t(4096), size_t(65536)}) {
+    for (size_t size : {size_t(4096), size_t(65536)}) {
+        n = size;
         std::printf("| **%zu KiB** | | |\n", n >> 10);
         auto label = [&](const char *s) { return std::string(s); };
         step(label("pread from the page cache into pinned memory").c_str(), [&] {
@@ -254,6 +256,9 @@ int main(int argc, char **argv) {
             check_cu(cuMemcpyHtoDAsync(dptr, pinned, n, st), "cuMemcpyHtoDAsync");
             check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
         });
+        step("cuMemcpyHtoDAsync (pinned), the call alone (queued, not waited)",
+             [&] { check_cu(cuMemcpyHtoDAsync(dptr, pinned, n, st), "cuMemcpyHtoDAsync"); });
+        check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
         step("cuMemcpyHtoDAsync (pinned) + spin on cuStreamQuery", [&] {
             check_cu(cuMemcpyHtoDAsync(dptr, pinned, n, st), "cuMemcpyHtoDAsync");
             while (cuStreamQuery(st) == CUDA_ERROR_NOT_READY) {
@@ -311,6 +316,16 @@ int main(int argc, char **argv) {
     });
     step("cuCtxSetCurrent (same context)",
          [&] { check_cu(cuCtxSetCurrent(ctx), "cuCtxSetCurrent"); });
+    step("GPU round trip: 4-byte cuMemcpyHtoDAsync + cuStreamSynchronize", [&] {
+        check_cu(cuMemcpyHtoDAsync(dptr, pinned, 4, st), "cuMemcpyHtoDAsync");
+        check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
+    });
+    CUevent ev = nullptr;
+    check_cu(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+    step("GPU round trip: cuEventRecord + cuEventSynchronize", [&] {
+        check_cu(cuEventRecord(ev, st), "cuEventRecord");
+        check_cu(cuEventSynchronize(ev), "cuEventSynchronize");
+    });
     step("cuStreamSynchronize (idle stream)",
          [&] { check_cu(cuStreamSynchronize(st), "cuStreamSynchronize"); });
 
