@@ -74,6 +74,10 @@ make_initramfs() {
 		cp "$f" "$root/tests/"
 		copy_libs "$root" "$f"
 	done
+	if [ -e "$build/tests/vm/fakecuda/libcuda.so.1" ]; then
+		mkdir -p "$root/fakecuda"
+		cp -L "$build/tests/vm/fakecuda/libcuda.so.1" "$root/fakecuda/"
+	fi
 	if [ -n "$extra" ]; then
 		cp -r "$extra"/. "$root/extra/"
 		find "$root/extra" -type f | while read -r f; do copy_libs "$root" "$f"; done

@@ -1,0 +1,244 @@
+// libcuda.so.1 for the VM suite only: a GPU cannot exist inside the VM, so
+// this stands in for the CUDA driver over the nvidia_p2p stand-in
+// (tests/vm/nvstub). "Device memory" is what the stand-in allocates (its
+// debugfs alloc file); this library tells libphxfs which pointers are device
+// memory, copies to and from it through the stand-in's BAR (sysfs resource
+// mmap, translated page by page with the stand-in's page list), and reports
+// the stand-in BAR's PCI address as the GPU's, so that libphxfs matches the
+// "GPU" to phxfs.ko's nvidia node exactly as it matches a real one.
+//
+// Environment: PHXFS_FAKE_CUDA_BDF, the stand-in BAR's PCI device.
+// Only the calls libphxfs uses (src/cuda_driver.hpp) exist; copies are
+// synchronous, streams and contexts are tokens.
+#include <cuda.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+
+namespace {
+
+constexpr uint64_t kGpuPage = 64 << 10;
+
+struct Gpu {
+    std::mutex m;
+    std::string bdf;
+    char *bar = nullptr;
+    size_t bar_len = 0;
+    std::map<uint64_t, uint64_t> pages; // GPU page VA -> BAR offset
+
+    bool open() {
+        const char *b = std::getenv("PHXFS_FAKE_CUDA_BDF");
+        if (!b)
+            return false;
+        bdf = b;
+        const std::string res = "/sys/bus/pci/devices/" + bdf + "/resource2";
+        const int fd = ::open(res.c_str(), O_RDWR | O_SYNC);
+        if (fd < 0)
+            return false;
+        bar_len = static_cast<size_t>(::lseek(fd, 0, SEEK_END));
+        void *p = ::mmap(nullptr, bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (p == MAP_FAILED)
+            return false;
+        bar = static_cast<char *>(p);
+        return true;
+    }
+    void refresh() {
+        pages.clear();
+        std::ifstream in("/sys/kernel/debug/nvstub/pages");
+        std::string va, off;
+        while (in >> va >> off)
+            pages[std::stoull(va, nullptr, 0)] = std::stoull(off);
+    }
+    // BAR offset of device address a, or -1 when a is not device memory.
+    int64_t translate(uint64_t a) {
+        const uint64_t page = a & ~(kGpuPage - 1);
+        auto it = pages.find(page);
+        if (it == pages.end()) {
+            refresh();
+            it = pages.find(page);
+        }
+        return it == pages.end() ? -1 : static_cast<int64_t>(it->second + (a - page));
+    }
+    // The allocation holding a: consecutive GPU pages around it.
+    bool range(uint64_t a, uint64_t &base, uint64_t &size) {
+        if (translate(a) < 0)
+            return false;
+        base = a & ~(kGpuPage - 1);
+        while (pages.count(base - kGpuPage))
+            base -= kGpuPage;
+        uint64_t end = (a & ~(kGpuPage - 1)) + kGpuPage;
+        while (pages.count(end))
+            end += kGpuPage;
+        size = end - base;
+        return true;
+    }
+    // Copies n bytes between host memory and device address dev.
+    CUresult copy(uint64_t dev, void *host, size_t n, bool to_device) {
+        std::lock_guard lock(m);
+        auto *h = static_cast<char *>(host);
+        while (n) {
+            const int64_t off = translate(dev);
+            if (off < 0)
+                return CUDA_ERROR_INVALID_VALUE;
+            const size_t step = std::min<size_t>(n, kGpuPage - (dev & (kGpuPage - 1)));
+            if (to_device)
+                std::memcpy(bar + off, h, step);
+            else
+                std::memcpy(h, bar + off, step);
+            dev += step;
+            h += step;
+            n -= step;
+        }
+        return CUDA_SUCCESS;
+    }
+};
+
+Gpu &gpu() {
+    static Gpu g;
+    return g;
+}
+
+CUcontext token() {
+    static int t;
+    return reinterpret_cast<CUcontext>(&t);
+}
+
+} // namespace
+
+extern "C" {
+
+CUresult cuInit(unsigned int) {
+    return gpu().open() ? CUDA_SUCCESS : CUDA_ERROR_NO_DEVICE;
+}
+CUresult cuDriverGetVersion(int *v) {
+    *v = 13000;
+    return CUDA_SUCCESS;
+}
+CUresult cuGetErrorString(CUresult, const char **s) {
+    *s = "fake CUDA driver error";
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetCount(int *n) {
+    *n = 1;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice *d, int ordinal) {
+    *d = ordinal;
+    return ordinal == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+CUresult cuDeviceGetName(char *name, int len, CUdevice) {
+    std::snprintf(name, static_cast<size_t>(len), "phxfs VM stand-in GPU");
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetPCIBusId(char *bus, int len, CUdevice) {
+    std::snprintf(bus, static_cast<size_t>(len), "%s", gpu().bdf.c_str());
+    for (char *c = bus; *c; ++c)
+        *c = static_cast<char>(std::toupper(static_cast<unsigned char>(*c))); // as CUDA does
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice) {
+    *c = token();
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease(CUdevice) {
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxGetCurrent(CUcontext *c) {
+    *c = token();
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxSetCurrent(CUcontext) {
+    return CUDA_SUCCESS;
+}
+CUresult cuPointerGetAttributes(unsigned int n, CUpointer_attribute *attrs, void **data,
+                                CUdeviceptr p) {
+    std::lock_guard lock(gpu().m);
+    const bool dev = gpu().translate(p) >= 0;
+    if (!dev)
+        return CUDA_ERROR_INVALID_VALUE; // host memory CUDA never saw
+    for (unsigned i = 0; i < n; ++i) {
+        switch (attrs[i]) {
+        case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+            *static_cast<CUmemorytype *>(data[i]) = CU_MEMORYTYPE_DEVICE;
+            break;
+        case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+            *static_cast<int *>(data[i]) = 0;
+            break;
+        case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+            *static_cast<unsigned *>(data[i]) = 0;
+            break;
+        default:
+            return CUDA_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+CUresult cuMemGetAddressRange(CUdeviceptr *base, size_t *size, CUdeviceptr p) {
+    std::lock_guard lock(gpu().m);
+    uint64_t b = 0, s = 0;
+    if (!gpu().range(p, b, s))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (base)
+        *base = b;
+    if (size)
+        *size = s;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemHostAlloc(void **p, size_t n, unsigned int) {
+    *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuMemFreeHost(void *p) {
+    std::free(p);
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamCreate(CUstream *s, unsigned int) {
+    *s = reinterpret_cast<CUstream>(token());
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamDestroy(CUstream) {
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamSynchronize(CUstream) {
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamQuery(CUstream) {
+    return CUDA_SUCCESS;
+}
+CUresult cuEventCreate(CUevent *e, unsigned int) {
+    *e = reinterpret_cast<CUevent>(token());
+    return CUDA_SUCCESS;
+}
+CUresult cuEventDestroy(CUevent) {
+    return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent, CUstream) {
+    return CUDA_SUCCESS;
+}
+CUresult cuEventSynchronize(CUevent) {
+    return CUDA_SUCCESS;
+}
+CUresult cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t n) {
+    return gpu().copy(dst, const_cast<void *>(src), n, true);
+}
+CUresult cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t n) {
+    return gpu().copy(src, dst, n, false);
+}
+CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void *src, size_t n, CUstream) {
+    return gpu().copy(dst, const_cast<void *>(src), n, true);
+}
+CUresult cuMemcpyDtoHAsync(void *dst, CUdeviceptr src, size_t n, CUstream) {
+    return gpu().copy(src, dst, n, false);
+}
+
+} // extern "C"
