@@ -98,7 +98,7 @@ TEST_F(CudaPath, ReadIntoGpuMemoryAtAnyOffset) {
     void *target = nullptr;
     ASSERT_EQ(phxfs_regmem(0, reinterpret_cast<void *>(start), len, &target), 0)
         << phxfs_last_error();
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(target) % kGpuPage, start % kGpuPage);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(target) % 4096, start % 4096);
     disk_pattern(kDisk, 8 << 20, 80);
     const int fd = ::open(disk_, O_RDONLY);
     // File offset and buffer agree mod 4 KiB: the middle goes by DMA.

@@ -2,8 +2,8 @@
 // this stands in for the CUDA driver over the nvidia_p2p stand-in
 // (tests/vm/nvstub). "Device memory" is what the stand-in allocates (its
 // debugfs alloc file); this library tells libphxfs which pointers are device
-// memory, copies to and from it through the stand-in's BAR (sysfs resource
-// mmap, translated page by page with the stand-in's page list), and reports
+// memory, copies to and from it through the stand-in's BAR (its debugfs bar
+// file, translated page by page with the stand-in's page list), and reports
 // the stand-in BAR's PCI address as the GPU's, so that libphxfs matches the
 // "GPU" to phxfs.ko's nvidia node exactly as it matches a real one.
 //
@@ -13,7 +13,6 @@
 #include <cuda.h>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -31,8 +30,7 @@ constexpr uint64_t kGpuPage = 64 << 10;
 struct Gpu {
     std::mutex m;
     std::string bdf;
-    char *bar = nullptr;
-    size_t bar_len = 0;
+    int bar = -1;
     std::map<uint64_t, uint64_t> pages; // GPU page VA -> BAR offset
 
     bool open() {
@@ -40,17 +38,11 @@ struct Gpu {
         if (!b)
             return false;
         bdf = b;
-        const std::string res = "/sys/bus/pci/devices/" + bdf + "/resource2";
-        const int fd = ::open(res.c_str(), O_RDWR | O_SYNC);
-        if (fd < 0)
-            return false;
-        bar_len = static_cast<size_t>(::lseek(fd, 0, SEEK_END));
-        void *p = ::mmap(nullptr, bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        ::close(fd);
-        if (p == MAP_FAILED)
-            return false;
-        bar = static_cast<char *>(p);
-        return true;
+        // The stand-in's window on its BAR: a GPU's copy engine, for us.
+        bar = ::open("/sys/kernel/debug/nvstub/bar", O_RDWR);
+        if (bar < 0)
+            std::perror("fake CUDA: /sys/kernel/debug/nvstub/bar");
+        return bar >= 0;
     }
     void refresh() {
         pages.clear();
@@ -91,10 +83,10 @@ struct Gpu {
             if (off < 0)
                 return CUDA_ERROR_INVALID_VALUE;
             const size_t step = std::min<size_t>(n, kGpuPage - (dev & (kGpuPage - 1)));
-            if (to_device)
-                std::memcpy(bar + off, h, step);
-            else
-                std::memcpy(h, bar + off, step);
+            const ssize_t done =
+                to_device ? ::pwrite(bar, h, step, off) : ::pread(bar, h, step, off);
+            if (done != static_cast<ssize_t>(step))
+                return CUDA_ERROR_UNKNOWN;
             dev += step;
             h += step;
             n -= step;

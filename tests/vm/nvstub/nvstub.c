@@ -11,8 +11,11 @@
  *   alloc  write a byte count; read back "VA" of the last allocation
  *   free   write a VA: frees it like cudaFree, calling free callbacks first
  *   pages  read: one "VA BAR_OFFSET" line per 64 KiB page allocated
+ *   bar    read and write the BAR at file offset = BAR offset (what a GPU's
+ *          copy engine would do; the fake CUDA driver's memcpy uses it)
  */
 #include <linux/bitmap.h>
+#include <linux/io.h>
 #include <linux/debugfs.h>
 #include <linux/list.h>
 #include <linux/module.h>
@@ -53,6 +56,8 @@ struct stub_reg {
 static struct {
 	struct pci_dev *pdev;
 	phys_addr_t start;
+	void __iomem *va;
+	size_t len;
 	unsigned long npages;
 	unsigned long *used;
 	u64 next_va;
@@ -306,6 +311,55 @@ static int pages_show(struct seq_file *m, void *v)
 }
 DEFINE_SHOW_ATTRIBUTE(pages);
 
+/* Moves up to a page per step between user memory and the BAR. */
+static ssize_t bar_io(char __user *ubuf, size_t len, loff_t *pos, bool write)
+{
+	size_t done = 0, n;
+	void *buf;
+
+	if (*pos < 0 || *pos >= stub.len)
+		return 0;
+	len = min_t(size_t, len, stub.len - *pos);
+	buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	while (done < len) {
+		n = min_t(size_t, len - done, PAGE_SIZE);
+		if (write) {
+			if (copy_from_user(buf, ubuf + done, n))
+				break;
+			memcpy_toio(stub.va + *pos + done, buf, n);
+		} else {
+			memcpy_fromio(buf, stub.va + *pos + done, n);
+			if (copy_to_user(ubuf + done, buf, n))
+				break;
+		}
+		done += n;
+	}
+	kfree(buf);
+	*pos += done;
+	return done ? done : -EFAULT;
+}
+
+static ssize_t bar_read(struct file *f, char __user *ubuf, size_t len,
+			loff_t *pos)
+{
+	return bar_io(ubuf, len, pos, false);
+}
+
+static ssize_t bar_write(struct file *f, const char __user *ubuf, size_t len,
+			 loff_t *pos)
+{
+	return bar_io((char __user *)ubuf, len, pos, true);
+}
+
+static const struct file_operations bar_fops = {
+	.owner = THIS_MODULE,
+	.read = bar_read,
+	.write = bar_write,
+	.llseek = default_llseek,
+};
+
 static int __init stub_init(void)
 {
 	unsigned int domain, bus, slot, fn;
@@ -317,9 +371,14 @@ static int __init stub_init(void)
 	if (!stub.pdev)
 		return -ENODEV;
 	stub.start = pci_resource_start(stub.pdev, bar);
-	stub.npages = pci_resource_len(stub.pdev, bar) / GPU_PAGE;
+	stub.len = pci_resource_len(stub.pdev, bar);
+	stub.npages = stub.len / GPU_PAGE;
 	stub.used = bitmap_zalloc(stub.npages, GFP_KERNEL);
-	if (!stub.used) {
+	stub.va = ioremap_wc(stub.start, stub.len);
+	if (!stub.used || !stub.va) {
+		bitmap_free(stub.used);
+		if (stub.va)
+			iounmap(stub.va);
 		pci_dev_put(stub.pdev);
 		return -ENOMEM;
 	}
@@ -331,6 +390,7 @@ static int __init stub_init(void)
 	debugfs_create_file("alloc", 0600, stub.dir, NULL, &alloc_fops);
 	debugfs_create_file("free", 0200, stub.dir, NULL, &free_fops);
 	debugfs_create_file("pages", 0400, stub.dir, NULL, &pages_fops);
+	debugfs_create_file("bar", 0600, stub.dir, NULL, &bar_fops);
 	pr_info("nvstub: %lu GPU pages over %s BAR%d\n", stub.npages, bdf, bar);
 	return 0;
 }
@@ -343,6 +403,7 @@ static void __exit stub_exit(void)
 	list_for_each_entry_safe(a, tmp, &stub.allocs, node)
 		stub_free(a->va);
 	bitmap_free(stub.used);
+	iounmap(stub.va);
 	pci_dev_put(stub.pdev);
 }
 
