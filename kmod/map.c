@@ -175,7 +175,8 @@ static int phxfs_mmap(struct file *filp, struct vm_area_struct *vma)
 	struct phxfs_dev *dev = filp->private_data;
 	struct phxfs_vma *pv;
 
-	if (!(vma->vm_flags & VM_SHARED))
+	/* Offsets belong to MAP; the file offset is ours (see above). */
+	if (!(vma->vm_flags & VM_SHARED) || vma->vm_pgoff)
 		return -EINVAL;
 	pv = kzalloc(sizeof(*pv), GFP_KERNEL);
 	if (!pv)

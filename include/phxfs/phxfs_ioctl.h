@@ -11,7 +11,7 @@
  * Protocol (user side):
  *   fd = open("/dev/phxfsN", O_RDWR);
  *   ioctl(fd, PHXFS_IOCTL_INFO, &info);          check info.abi_version
- *   va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+ *   va = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);  offset 0
  *   ioctl(fd, PHXFS_IOCTL_MAP, &map);            map.vaddr inside va
  *   ... O_DIRECT I/O on map.vaddr ...
  *   ioctl(fd, PHXFS_IOCTL_UNMAP, &map);

@@ -164,10 +164,13 @@ TEST_F(Kmod, BadMapArgumentsAreRefused) {
     EXPECT_GE(counter("errors") - errors0, 14);
 }
 
-TEST_F(Kmod, PrivateMappingsAreRefused) {
+TEST_F(Kmod, PrivateMappingsAndOffsetsAreRefused) {
     errno = 0;
     EXPECT_EQ(::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd_, 0), MAP_FAILED);
     EXPECT_EQ(errno, EINVAL);
+    errno = 0;
+    EXPECT_EQ(::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, kPage), MAP_FAILED);
+    EXPECT_EQ(errno, EINVAL) << "the device address goes in MAP, not in the mmap offset";
 }
 
 TEST_F(Kmod, OverlapIsBusyAndUnmapMustMatch) {
