@@ -161,6 +161,7 @@ run rand4k-naive-pageable "$BENCH" -f "$D/f1g.dat" -I randread -i 4K -t 1 -T 2 -
 echo "== cold reads, O_DIRECT, first 2 GiB of the 8 GiB file, 8 threads x 16 MiB"
 run cold-raw-odirect-8x16M "$BENCH" -f "$D/f8g.dat" -s "$SC" -i 16M -t 8 -x naive -m pinned --cold
 run cold-phxfs-8x16M "$BENCH" -f "$D/f8g.dat" -s "$SC" -i 16M -t 8 --cold
+run cold-phxfs-8x16M-chunk16M env PHXFS_CHUNK_KB=16384 "$BENCH" -f "$D/f8g.dat" -s "$SC" -i 16M -t 8 --cold
 run cold-cufile-8x16M "$BENCH" -f "$D/f8g.dat" -s "$SC" -i 16M -t 8 -x cufile --cold
 run cold-raw-odirect-8x16M-again "$BENCH" -f "$D/f8g.dat" -s "$SC" -i 16M -t 8 -x naive -m pinned --cold
 
@@ -217,6 +218,9 @@ raw = [x for x in (gbs("cold-raw-odirect-8x16M"), gbs("cold-raw-odirect-8x16M-ag
 rawb = max(raw) if raw else None
 cold = gbs("cold-phxfs-8x16M")
 P(f"| cold O_DIRECT read, 2 GiB, 8 threads x 16 MiB, GB/s | {f(cold, 2)} | {f(gbs('cold-cufile-8x16M'), 2)} | raw O_DIRECT into pinned: {', '.join(f(x, 2) for x in raw)} | 0.95 of raw (best) = {f(rawb and 0.95*rawb, 2)} | {verdict(None if cold is None or rawb is None else cold >= 0.95*rawb)} ({f(cold and rawb and cold/rawb, 2)}) |")
+c16 = gbs("cold-phxfs-8x16M-chunk16M")
+if c16 is not None:
+    P(f"| cold O_DIRECT read, same, PHXFS_CHUNK_KB=16384 (one 16 MiB read per request, as raw) | {f(c16, 2)} | | | 0.95 of raw (best) = {f(rawb and 0.95*rawb, 2)} | {verdict(None if rawb is None else c16 >= 0.95*rawb)} ({f(rawb and c16/rawb, 2)}) |")
 P("")
 P("Costs (bench/costs, median (p99) us):\n")
 P(open(f"{w}/costs.txt").read())

@@ -18,17 +18,44 @@ namespace {
 // A request cut into chunks whose boundaries are multiples of the chunk size
 // in file space, so every chunk but the first and last is O_DIRECT aligned
 // and each chunk, widened to 4 KiB, still fits one staging buffer.
+//
+// EXPERIMENT (PHXFS_TAIL=1): a large request (at least 4 chunks per
+// participant) cuts the bytes of its last `width` chunks into quarter chunks,
+// so that participants finish together instead of one reading a whole chunk
+// while the others idle.
 struct Plan {
     uint64_t off, end, chunk;
     size_t nchunks;
+    size_t nmain;              // chunks of the full size (from the chunk grid)
+    uint64_t tail = 0, tail_e; // start and chunk of the tail
 
-    Plan(uint64_t off_, uint64_t end_, uint64_t chunk_) : off(off_), end(end_), chunk(chunk_) {
+    Plan(uint64_t off_, uint64_t end_, uint64_t chunk_, unsigned width = 1)
+        : off(off_), end(end_), chunk(chunk_), tail_e(chunk_) {
         const uint64_t first = align_down(off, chunk);
-        nchunks = static_cast<size_t>((end - first + chunk - 1) / chunk);
+        nchunks = nmain = static_cast<size_t>((end - first + chunk - 1) / chunk);
+        if (tail_enabled() && width > 1 && nchunks >= 4 * size_t(width) && chunk >= 4 * kAlign) {
+            nmain = nchunks - width;
+            tail = first + nmain * chunk;
+            tail_e = align_down(chunk / 4, kAlign);
+            nchunks = nmain + static_cast<size_t>((end - tail + tail_e - 1) / tail_e);
+        }
     }
-    uint64_t begin_of(size_t i) const { return i == 0 ? off : align_down(off, chunk) + i * chunk; }
+    uint64_t begin_of(size_t i) const {
+        if (i >= nmain)
+            return tail + (i - nmain) * tail_e;
+        return i == 0 ? off : align_down(off, chunk) + i * chunk;
+    }
     uint64_t end_of(size_t i) const {
+        if (i >= nmain)
+            return std::min(end, tail + (i - nmain + 1) * tail_e);
         return std::min(end, align_down(off, chunk) + (i + 1) * chunk);
+    }
+    static bool tail_enabled() {
+        static const bool on = [] {
+            const char *e = std::getenv("PHXFS_TAIL");
+            return e && *e == '1';
+        }();
+        return on;
     }
 };
 
@@ -88,17 +115,6 @@ void fail_participant(Job &job, Stream &stream, bool pending) {
         }
     }
     job.set_error(std::current_exception());
-}
-
-// The pipeline's copy granularity within a chunk (PHXFS_PIECE_KB, for
-// measurement; 4 KiB multiple).
-uint64_t piece_bytes() {
-    static const uint64_t v = [] {
-        const char *e = std::getenv("PHXFS_PIECE_KB");
-        const uint64_t kb = e && *e ? std::strtoull(e, nullptr, 10) : 1024;
-        return std::max<uint64_t>(kAlign, align_down(kb << 10, kAlign));
-    }();
-    return v;
 }
 
 bool is_einval(const Error &e) {
@@ -173,7 +189,7 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
     if (end == off)
         return 0;
     const Config cfg = config();
-    const Plan plan(off, end, cfg.chunk_bytes);
+    const Plan plan(off, end, cfg.chunk_bytes, cfg.threads);
     Job job(file);
     char *dst = static_cast<char *>(buf);
 
@@ -191,37 +207,23 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
         return got;
     }
 
-    // Each participant reads its chunk in pieces and queues the copy of each
-    // piece as soon as it is read, so the copy engine starts after one piece
-    // (not one chunk per participant) and the last copy is a piece long. A
-    // chunk's staging buffer is reused two chunks later, once the copies
-    // marked on it are done; nothing else waits.
-    const uint64_t piece = std::min<uint64_t>(piece_bytes(), plan.chunk);
     run(cfg, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
         int cur = 0;
-        bool pending = false; // copies queued and not waited for
+        bool pending = false; // a copy out of the other staging buffer is in flight
         try {
             while (auto i = job.grab(plan.nchunks)) {
                 const uint64_t a = plan.begin_of(*i), b = plan.end_of(*i);
-                const uint64_t base = align_down(a, kAlign); // staging byte 0
                 char *stg = static_cast<char *>(lane.staging[cur].get());
+                const size_t got = read_chunk(job, stg, a, b);
+                if (got < b - a)
+                    job.note_short(a + got);
                 if (pending)
-                    stream.wait_mark(cur); // the copies out of it two chunks ago
-                for (uint64_t pa = a; pa < b;) {
-                    const uint64_t pb = std::min(b, align_down(pa, piece) + piece);
-                    const size_t got =
-                        read_chunk(job, stg + (align_down(pa, kAlign) - base), pa, pb);
-                    if (got) {
-                        stream.to_buffer(dst + (pa - off), stg + (pa - base), got);
-                        pending = true;
-                    }
-                    if (got < pb - pa) {
-                        job.note_short(pa + got);
-                        break;
-                    }
-                    pa = pb;
+                    stream.wait();
+                pending = false;
+                if (got) {
+                    stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
+                    pending = true;
                 }
-                stream.mark(cur);
                 cur ^= 1;
             }
             if (pending)

@@ -27,14 +27,6 @@ class Stream {
     virtual void to_buffer(void *dst, const void *staging, size_t n) = 0;
     virtual void to_staging(void *staging, const void *src, size_t n) = 0;
     virtual void wait() = 0;
-    // Marks slot (0 or 1): wait_mark(slot) returns once every copy queued
-    // before the last mark(slot) has finished (at once if never marked).
-    // Copies done at once (host memory) need neither.
-    virtual void mark(int slot) { (void)slot; }
-    virtual void wait_mark(int slot) {
-        (void)slot;
-        wait();
-    }
 };
 
 // Host memory: copies are memcpy, done at once.

@@ -21,23 +21,12 @@ class CudaStream final : public Stream {
     explicit CudaStream(CUcontext ctx) : ctx_(ctx) {
         cuda::set_current(ctx_);
         cuda::check(drv().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-        for (CUevent &e : marks_) {
-            if (CUresult r = drv().cuEventCreate(&e, CU_EVENT_DISABLE_TIMING); r != CUDA_SUCCESS) {
-                for (CUevent m : marks_)
-                    if (m)
-                        drv().cuEventDestroy(m);
-                drv().cuStreamDestroy(stream_);
-                cuda::check(r, "cuEventCreate");
-            }
-        }
     }
     ~CudaStream() override {
         try {
             cuda::set_current(ctx_);
         } catch (const Error &) { // destroy anyway: the context is the primary one
         }
-        for (CUevent e : marks_)
-            drv().cuEventDestroy(e);
         drv().cuStreamDestroy(stream_);
     }
     void to_buffer(void *dst, const void *staging, size_t n) override {
@@ -56,19 +45,10 @@ class CudaStream final : public Stream {
         cuda::set_current(ctx_);
         cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
     }
-    void mark(int slot) override {
-        cuda::set_current(ctx_);
-        cuda::check(drv().cuEventRecord(marks_[slot], stream_), "cuEventRecord");
-    }
-    void wait_mark(int slot) override {
-        cuda::set_current(ctx_);
-        cuda::check(drv().cuEventSynchronize(marks_[slot]), "cuEventSynchronize");
-    }
 
   private:
     CUcontext ctx_;
     CUstream stream_ = nullptr;
-    CUevent marks_[2] = {nullptr, nullptr};
 };
 
 class CudaBackend final : public Backend {
