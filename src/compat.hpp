@@ -27,7 +27,8 @@ class CompatEngine {
 
   private:
     template <typename ChunkLoop>
-    void run(const Config &cfg, size_t nchunks, size_t chunk_bytes, MemKind kind, ChunkLoop &&loop);
+    void run(const Config &cfg, unsigned max_width, size_t nchunks, size_t chunk_bytes,
+             MemKind kind, ChunkLoop &&loop);
 
     LanePool lanes_;
 };
