@@ -140,6 +140,7 @@ run read8g-naive-8x16M "$BENCH" -f "$D/f8g.dat" -i 16M -t 8 -x naive
 echo "== writes of GPU memory to a cached 4 GiB file (sync before each run)"
 wr() { sync; run "$@"; }
 wr write-pagecache-pinned-16x4M "$BENCH" -f "$D/w4g.dat" -I write -i 4M -t 16 -m pinned -x naive -b $((3 * $(bytes "$SW")))
+wr write-pagecache-pinned-1x16M "$BENCH" -f "$D/w4g.dat" -I write -i 16M -t 1 -m pinned -x naive -b $((3 * $(bytes "$SW")))
 wr write-phxfs-1call "$BENCH" -f "$D/w4g.dat" -I write -i "$SW" -t 1 -b $((3 * $(bytes "$SW")))
 wr write-cufile-1x16M "$BENCH" -f "$D/w4g.dat" -I write -i 16M -t 1 -x cufile
 wr write-cufile-8x16M "$BENCH" -f "$D/w4g.dat" -I write -i 16M -t 8 -x cufile
@@ -202,11 +203,14 @@ for sz, b in (("1", b1), ("8", b8)):
     h2d = b["h2d"]
     one = call_gbs(f"read{sz}g-phxfs-1call")
     P(f"| {sz} GiB cached read, GB/s (phxfs: one call, median; gpu_baseline best {b['read']:.1f}) | {f(one)} | 1x16M {f(gbs(f'read{sz}g-cufile-1x16M'))}, 8x16M {f(gbs(f'read{sz}g-cufile-8x16M'))} | 1x16M {f(gbs(f'read{sz}g-naive-1x16M'))}, 8x16M {f(gbs(f'read{sz}g-naive-8x16M'))} | H2D {h2d:.1f}; 0.92 = {0.92*h2d:.1f} | {verdict(None if one is None else one >= 0.92*h2d)} ({f(one and one/h2d, 2)} of H2D) |")
-pc = gbs("write-pagecache-pinned-16x4M")
+# The page-cache write rate: the better of 16 writers and one (buffered
+# writes to one file serialize on its inode lock, so one can be faster).
+pcs = [x for x in (gbs("write-pagecache-pinned-16x4M"), gbs("write-pagecache-pinned-1x16M")) if x]
+pc = max(pcs) if pcs else None
 d2h = min(b1["d2h"], b8["d2h"])
 wl = min(x for x in (d2h, pc) if x is not None)
 one = call_gbs("write-phxfs-1call")
-P(f"| write of GPU memory to a cached 4 GiB file, GB/s (phxfs: one 4 GiB call, median) | {f(one)} | 1x16M {f(gbs('write-cufile-1x16M'))}, 8x16M {f(gbs('write-cufile-8x16M'))} | 1x16M {f(gbs('write-naive-1x16M'))}, 8x16M {f(gbs('write-naive-8x16M'))} | min(D2H {d2h:.1f}, page cache {f(pc)}); 0.9 = {0.9*wl:.1f} | {verdict(None if one is None else one >= 0.9*wl)} ({f(one and one/wl, 2)}) |")
+P(f"| write of GPU memory to a cached 4 GiB file, GB/s (phxfs: one 4 GiB call, median) | {f(one)} | 1x16M {f(gbs('write-cufile-1x16M'))}, 8x16M {f(gbs('write-cufile-8x16M'))} | 1x16M {f(gbs('write-naive-1x16M'))}, 8x16M {f(gbs('write-naive-8x16M'))} | min(D2H {d2h:.1f}, page cache {f(pc)}, best of 16x4M and 1x16M); 0.9 = {0.9*wl:.1f} | {verdict(None if one is None else one >= 0.9*wl)} ({f(one and one/wl, 2)}) |")
 p50 = lat("rand4k-phxfs", "p50")
 P(f"| 4 KiB random read, 1 thread, p50 / p99 us | {f(p50)} / {f(lat('rand4k-phxfs','p99'))} | {f(lat('rand4k-cufile','p50'))} / {f(lat('rand4k-cufile','p99'))} | pinned {f(lat('rand4k-naive-pinned','p50'))} / {f(lat('rand4k-naive-pinned','p99'))}, pageable {f(lat('rand4k-naive-pageable','p50'))} / {f(lat('rand4k-naive-pageable','p99'))} | p50 <= 6 | {verdict(None if p50 is None else p50 <= 6)} |")
 if "rand4k-phxfs-before" in R:
