@@ -169,15 +169,21 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
     if (end == off)
         return 0;
     const Config cfg = config();
-    const Plan plan(off, end, cfg.chunk_bytes);
+    // From storage (an O_DIRECT fd) the disk, not the copy engine, is the
+    // limit, and it wants large reads: each participant reads a whole lane
+    // (both staging buffers, 2 chunks) and copies it while the other
+    // participants' reads are in flight. From the page cache, chunks are
+    // double-buffered so that reads overlap copies.
+    const bool from_storage = file.direct;
+    const Plan plan(off, end, from_storage ? 2 * cfg.chunk_bytes : cfg.chunk_bytes);
     Job job(file);
     char *dst = static_cast<char *>(buf);
 
     if (plan.nchunks == 1) {
         // One chunk: no parallelism to gain, so no workers, no hand-off and
         // one copy finished on the spot, all on the caller's thread.
-        LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
-        char *stg = static_cast<char *>(lease->staging[0].get());
+        LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+        char *stg = lease->staging(0);
         const size_t got = read_chunk(job, stg, off, end);
         if (got) {
             Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
@@ -187,13 +193,13 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
         return got;
     }
 
-    run(cfg, kMaxThreads, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
+    run(cfg, kMaxThreads, plan.nchunks, cfg.chunk_bytes, kind, [&](Lane &lane, Stream &stream) {
         int cur = 0;
         bool pending = false; // a copy out of the other staging buffer is in flight
         try {
             while (auto i = job.grab(plan.nchunks)) {
                 const uint64_t a = plan.begin_of(*i), b = plan.end_of(*i);
-                char *stg = static_cast<char *>(lane.staging[cur].get());
+                char *stg = lane.staging(cur);
                 const size_t got = read_chunk(job, stg, a, b);
                 if (got < b - a)
                     job.note_short(a + got);
@@ -204,7 +210,12 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
                     stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
                     pending = true;
                 }
-                cur ^= 1;
+                if (from_storage && pending) {
+                    stream.wait(); // the next read reuses the whole lane
+                    pending = false;
+                } else {
+                    cur ^= 1;
+                }
             }
             if (pending)
                 stream.wait();
@@ -227,7 +238,7 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
 
     if (plan.nchunks == 1) { // as in read(): on the caller's thread, one copy
         LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
-        char *stg = static_cast<char *>(lease->staging[0].get());
+        char *stg = lease->staging(0);
         Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
         stream.to_staging(stg + (off % kAlign), src, n);
         stream.wait();
@@ -240,7 +251,7 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
         // Copy chunk j out of the device while chunk i is written to the file.
         auto fetch = [&](size_t i, int slot) {
             const uint64_t a = plan.begin_of(i), b = plan.end_of(i);
-            char *stg = static_cast<char *>(lane.staging[slot].get());
+            char *stg = lane.staging(slot);
             stream.to_staging(stg + (a % kAlign), src + (a - off), b - a);
         };
         bool pending = false;
@@ -259,8 +270,7 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
                     fetch(*j, cur ^ 1);
                     pending = true;
                 }
-                write_chunk(job, static_cast<const char *>(lane.staging[cur].get()),
-                            plan.begin_of(*i), plan.end_of(*i));
+                write_chunk(job, lane.staging(cur), plan.begin_of(*i), plan.end_of(*i));
                 i = j;
                 cur ^= 1;
             }

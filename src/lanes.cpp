@@ -8,8 +8,7 @@ std::unique_ptr<Lane> LanePool::make(size_t bytes) {
     try {
         auto lane = std::make_unique<Lane>();
         lane->bytes = bytes;
-        lane->staging[0] = backend_.alloc_staging(bytes);
-        lane->staging[1] = backend_.alloc_staging(bytes);
+        lane->region = backend_.alloc_staging(2 * bytes);
         lane->stream = backend_.make_stream();
         return lane;
     } catch (...) {

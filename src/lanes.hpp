@@ -1,6 +1,7 @@
-// Staging lanes: a lane is two pinned staging buffers and a copy stream, the
-// unit one pipeline participant works with. Lanes are made on first need and
-// reused, so no I/O call allocates staging memory.
+// Staging lanes: a lane is two pinned staging buffers, adjacent in one
+// allocation, and a copy stream: the unit one pipeline participant works
+// with. Reads from storage use the two as one buffer of twice the size. Lanes are made on first
+// need and reused, so no I/O call allocates staging memory.
 #pragma once
 
 #include "memory.hpp"
@@ -14,9 +15,10 @@
 namespace phxfs::core {
 
 struct Lane {
-    size_t bytes = 0; // size of each staging buffer
-    StagingBuffer staging[2];
+    size_t bytes = 0;               // size of each staging buffer
+    StagingBuffer region;           // both buffers: [0, bytes) and [bytes, 2 * bytes)
     std::unique_ptr<Stream> stream; // copies to and from the device's memory
+    char *staging(int i) const { return static_cast<char *>(region.get()) + i * bytes; }
 };
 
 class LanePool {
