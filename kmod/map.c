@@ -304,81 +304,48 @@ static int phxfs_pin_map(struct phxfs_dev *dev, struct vm_area_struct *vma,
 	return ret;
 }
 
-static int phxfs_ioctl_map(struct file *filp, struct phxfs_ioctl_map *req)
+/* MAP with the VMA found and pv->lock held. */
+static int phxfs_map_locked(struct phxfs_dev *dev, struct vm_area_struct *vma,
+			    struct phxfs_ioctl_map *req)
 {
-	struct phxfs_dev *dev = filp->private_data;
-	struct mm_struct *mm = current->mm;
-	struct vm_area_struct *vma;
+	struct phxfs_vma *pv = vma->vm_private_data;
+	unsigned long first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
 	struct phxfs_map *map;
-	struct phxfs_vma *pv;
 	int ret;
 
-	ret = phxfs_check_map(dev, req);
-	if (ret)
-		return ret;
+	if (phxfs_overlaps(pv, first, req->len >> PAGE_SHIFT))
+		return -EBUSY;
 	map = kzalloc(sizeof(*map), GFP_KERNEL);
 	if (!map)
 		return -ENOMEM;
+	map->first = first;
 	map->pin.dev_addr = req->dev_addr;
 	map->pin.len = req->len;
 	mutex_init(&map->pin.lock);
-
-	mmap_read_lock(mm);
-	vma = phxfs_find_vma(filp, req->vaddr, req->len);
-	if (!vma) {
-		ret = -EINVAL;
-		goto out_unlock;
-	}
-	pv = vma->vm_private_data;
-	map->first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
-	mutex_lock(&pv->lock);
-	if (phxfs_overlaps(pv, map->first, req->len >> PAGE_SHIFT)) {
-		ret = -EBUSY;
-		goto out_pv;
-	}
 	map->pin.mapping = pv->mapping;
-	map->pin.start = (loff_t)(pv->pgoff + map->first) << PAGE_SHIFT;
+	map->pin.start = (loff_t)(pv->pgoff + first) << PAGE_SHIFT;
 	ret = phxfs_pin_map(dev, vma, map, req->vaddr);
-	if (ret)
-		goto out_pv;
+	if (ret) {
+		kfree(map);
+		return ret;
+	}
 	list_add_tail(&map->node, &pv->maps);
 	atomic64_inc(&dev->stats.maps);
 	atomic64_add(req->len, &dev->stats.mapped_bytes);
 	atomic64_add(req->len, &dev->stats.mapped_total);
 	phxfs_dbg(dev, "map %llx+%llx at %llx\n", req->dev_addr, req->len,
 		  req->vaddr);
-	map = NULL;
-out_pv:
-	mutex_unlock(&pv->lock);
-out_unlock:
-	mmap_read_unlock(mm);
-	kfree(map);
-	return ret;
+	return 0;
 }
 
-static int phxfs_ioctl_unmap(struct file *filp, struct phxfs_ioctl_map *req)
+/* UNMAP of exactly what one MAP mapped, with pv->lock held. */
+static int phxfs_unmap_locked(struct phxfs_dev *dev, struct vm_area_struct *vma,
+			      struct phxfs_ioctl_map *req)
 {
-	struct phxfs_dev *dev = filp->private_data;
-	struct mm_struct *mm = current->mm;
-	struct vm_area_struct *vma;
+	struct phxfs_vma *pv = vma->vm_private_data;
+	unsigned long first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
 	struct phxfs_map *map;
-	struct phxfs_vma *pv;
-	unsigned long first;
-	int ret;
 
-	ret = phxfs_check_map(dev, req);
-	if (ret)
-		return ret;
-	mmap_read_lock(mm);
-	vma = phxfs_find_vma(filp, req->vaddr, req->len);
-	if (!vma) {
-		mmap_read_unlock(mm);
-		return -EINVAL;
-	}
-	pv = vma->vm_private_data;
-	first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
-	ret = -ENOENT;
-	mutex_lock(&pv->lock);
 	list_for_each_entry(map, &pv->maps, node) {
 		if (map->first != first || map->pin.len != req->len ||
 		    map->pin.dev_addr != req->dev_addr)
@@ -386,9 +353,38 @@ static int phxfs_ioctl_unmap(struct file *filp, struct phxfs_ioctl_map *req)
 		phxfs_map_free(dev, map);
 		phxfs_dbg(dev, "unmap %llx+%llx at %llx\n", req->dev_addr,
 			  req->len, req->vaddr);
-		ret = 0;
-		break;
+		return 0;
 	}
+	return -ENOENT;
+}
+
+static int phxfs_ioctl_map_unmap(struct file *filp, unsigned int cmd,
+				 void __user *arg)
+{
+	struct phxfs_dev *dev = filp->private_data;
+	struct mm_struct *mm = current->mm;
+	struct phxfs_ioctl_map req;
+	struct vm_area_struct *vma;
+	struct phxfs_vma *pv;
+	int ret;
+
+	if (copy_from_user(&req, arg, sizeof(req)))
+		return -EFAULT;
+	ret = phxfs_check_map(dev, &req);
+	if (ret)
+		return ret;
+	mmap_read_lock(mm);
+	vma = phxfs_find_vma(filp, req.vaddr, req.len);
+	if (!vma) {
+		mmap_read_unlock(mm);
+		return -EINVAL;
+	}
+	pv = vma->vm_private_data;
+	mutex_lock(&pv->lock);
+	if (cmd == PHXFS_IOCTL_MAP)
+		ret = phxfs_map_locked(dev, vma, &req);
+	else
+		ret = phxfs_unmap_locked(dev, vma, &req);
 	mutex_unlock(&pv->lock);
 	mmap_read_unlock(mm);
 	return ret;
@@ -419,7 +415,6 @@ static long phxfs_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct phxfs_dev *dev = filp->private_data;
 	void __user *uarg = (void __user *)arg;
-	struct phxfs_ioctl_map req;
 	long ret;
 
 	switch (cmd) {
@@ -428,14 +423,7 @@ static long phxfs_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		break;
 	case PHXFS_IOCTL_MAP:
 	case PHXFS_IOCTL_UNMAP:
-		if (copy_from_user(&req, uarg, sizeof(req))) {
-			ret = -EFAULT;
-			break;
-		}
-		if (cmd == PHXFS_IOCTL_MAP)
-			ret = phxfs_ioctl_map(filp, &req);
-		else
-			ret = phxfs_ioctl_unmap(filp, &req);
+		ret = phxfs_ioctl_map_unmap(filp, cmd, uarg);
 		break;
 	default:
 		ret = -ENOTTY;

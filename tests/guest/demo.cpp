@@ -2,13 +2,14 @@
 // into device memory (the ivshmem BAR served by phxfs.ko) through
 // phxfs_read, every byte verified, with the library's and the module's
 // counters. The host then compares the BAR's backing file with the disk.
-#include "../unit/testutil.hpp"
+#include "guest.hpp"
 
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 
 using namespace phxtest;
+using namespace phxguest;
 
 namespace {
 
@@ -58,7 +59,7 @@ int read_into_device(const char *label, const char *path, uint64_t bar, uint64_t
 } // namespace
 
 int main() {
-    const char *disk = std::getenv("PHXFS_GUEST_DISK");
+    const char *disk = raw_disk();
     const char *fs = std::getenv("PHXFS_GUEST_FS");
     if (!disk || phxfs_open(0) != 0)
         return fail("no raw disk or no /dev/phxfs0");
@@ -77,7 +78,7 @@ int main() {
         ::close(fd);
     }
     int rc = read_into_device("raw NVMe -> device memory:", disk, 0, 1);
-    std::printf("HOSTCHECK bar 0 disk 0 len %llu\n", (unsigned long long)kLen);
+    hostcheck_bar(0, 0, kLen);
 
     // A file on ext4, written through the page cache, then dropped from it.
     if (fs) {

@@ -5,47 +5,19 @@
 // pointers at any offset (rounding to 64 KiB GPU pages itself), and reads
 // and writes by DMA, bouncing only unaligned edges. The host checks the
 // bytes in the stand-in's BAR, page by page.
-#include "../unit/testutil.hpp"
-
-#include <cstdio>
-#include <fstream>
-#include <map>
+#include "guest.hpp"
 
 using namespace phxtest;
+using namespace phxguest;
 
 namespace {
 
-constexpr uint64_t kGpuPage = 64 << 10;
 constexpr uint64_t kDisk = 900ull << 20; // this file's part of the raw disk
-
-uint64_t gpu_alloc(uint64_t bytes) {
-    std::ofstream("/sys/kernel/debug/nvstub/alloc") << bytes;
-    std::ifstream in("/sys/kernel/debug/nvstub/alloc");
-    uint64_t va = 0;
-    in >> std::hex >> va;
-    return va;
-}
-
-void hostcheck(uint64_t va, uint64_t len, uint64_t off) {
-    std::map<uint64_t, uint64_t> pages;
-    std::ifstream in("/sys/kernel/debug/nvstub/pages");
-    std::string a, b;
-    while (in >> a >> b)
-        pages[std::stoull(a, nullptr, 0)] = std::stoull(b);
-    for (uint64_t done = 0; done < len;) {
-        const uint64_t page = (va + done) & ~(kGpuPage - 1);
-        const uint64_t n = std::min(kGpuPage - ((va + done) - page), len - done);
-        std::printf("HOSTCHECK gpubar %llu disk %llu len %llu\n",
-                    (unsigned long long)(pages.at(page) + (va + done - page)),
-                    (unsigned long long)(off + done), (unsigned long long)n);
-        done += n;
-    }
-}
 
 class CudaPath : public ::testing::Test {
   protected:
     void SetUp() override {
-        disk_ = std::getenv("PHXFS_GUEST_DISK");
+        disk_ = raw_disk();
         if (!disk_ || !std::getenv("PHXFS_FAKE_CUDA_BDF"))
             GTEST_SKIP() << "needs the fake CUDA driver and the raw disk";
         ASSERT_EQ(phxfs_open(0), 0) << phxfs_last_error();
@@ -63,14 +35,6 @@ class CudaPath : public ::testing::Test {
         if (disk_ && std::getenv("PHXFS_FAKE_CUDA_BDF")) {
             EXPECT_EQ(phxfs_close(0), 0);
         }
-    }
-    void disk_pattern(uint64_t off, uint64_t len, uint64_t seed) {
-        const int fd = ::open(disk_, O_WRONLY | O_DIRECT);
-        ASSERT_GE(fd, 0);
-        auto buf = host_buffer(len);
-        fill_pattern_fast(buf.get(), len, off, seed);
-        ASSERT_EQ(::pwrite(fd, buf.get(), len, off), static_cast<ssize_t>(len));
-        ::close(fd);
     }
     phxfs_stats stats() {
         phxfs_stats st{};
@@ -112,7 +76,7 @@ TEST_F(CudaPath, ReadIntoGpuMemoryAtAnyOffset) {
     EXPECT_EQ(st.path[PHXFS_PATH_DIRECT].read_bytes + st.path[PHXFS_PATH_COMPAT].read_bytes,
               len - 700)
         << "the unaligned edges went through the (fake) GPU copy engine";
-    hostcheck(start + 700, len - 700, file_off);
+    hostcheck_gpu(start + 700, len - 700, file_off);
     EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(start), len), 0);
 }
 
@@ -129,7 +93,7 @@ TEST_F(CudaPath, WriteFromGpuMemory) {
         << phxfs_last_error();
     ::close(fd);
     EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].write_bytes, len);
-    hostcheck(va, len, kDisk + (16 << 20));
+    hostcheck_gpu(va, len, kDisk + (16 << 20));
     EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(va), len), 0);
 }
 
@@ -145,7 +109,7 @@ TEST_F(CudaPath, UnregisteredGpuMemoryGoesThroughCompat) {
     ::close(fd);
     EXPECT_EQ(stats().path[PHXFS_PATH_COMPAT].read_bytes, len);
     EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].read_bytes, 0u);
-    hostcheck(va, len, kDisk + (24 << 20));
+    hostcheck_gpu(va, len, kDisk + (24 << 20));
 }
 
 } // namespace

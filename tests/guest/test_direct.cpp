@@ -11,7 +11,7 @@
 //   PHXFS_GUEST_DISK_OFF first byte of the disk the tests may use (0)
 //   PHXFS_GUEST_BAR_OFF  first BAR byte the tests may use (0)
 //   PHXFS_GUEST_FS       mount point of an ext4 file system (skips if unset)
-#include "../unit/testutil.hpp"
+#include "guest.hpp"
 
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -22,6 +22,7 @@
 #include <thread>
 
 using namespace phxtest;
+using namespace phxguest;
 
 namespace {
 
@@ -46,12 +47,6 @@ struct Ranges {
 };
 Ranges ranges;
 
-void hostcheck(uint64_t bar, uint64_t disk, uint64_t len) {
-    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar,
-                (unsigned long long)disk, (unsigned long long)len);
-    std::fflush(stdout);
-}
-
 phxfs_stats stats() {
     phxfs_stats st{};
     st.size = sizeof st;
@@ -60,8 +55,7 @@ phxfs_stats stats() {
 }
 
 const char *disk_path() {
-    const char *d = std::getenv("PHXFS_GUEST_DISK");
-    return d && *d ? d : "/dev/nvme0n1";
+    return raw_disk() ? raw_disk() : "/dev/nvme0n1";
 }
 
 class Guest : public ::testing::Test {
@@ -88,15 +82,6 @@ class Guest : public ::testing::Test {
         regs_.emplace_back(off, len);
         return static_cast<uint8_t *>(t);
     }
-    // Puts the pattern on the raw disk at off with O_DIRECT from host memory.
-    static void disk_pattern(uint64_t off, uint64_t len, uint64_t seed) {
-        const int fd = ::open(disk_path(), O_WRONLY | O_DIRECT);
-        ASSERT_GE(fd, 0);
-        auto buf = host_buffer(len);
-        fill_pattern_fast(buf.get(), len, off, seed);
-        ASSERT_EQ(::pwrite(fd, buf.get(), len, off), static_cast<ssize_t>(len));
-        ::close(fd);
-    }
     std::vector<std::pair<uint64_t, uint64_t>> regs_;
 };
 
@@ -113,7 +98,7 @@ TEST_F(Guest, DiskToBarAligned) {
         ::close(fd);
         const size_t probe = std::min<uint64_t>(len, 4096);
         EXPECT_EQ(first_mismatch(t, probe, disk, 7), probe) << "len " << len;
-        hostcheck(bar, disk, len);
+        hostcheck_bar(bar, disk, len);
     }
     const phxfs_stats st = stats();
     EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_bytes, 0u) << "aligned reads must not bounce";
@@ -133,7 +118,7 @@ TEST_F(Guest, DiskToBarUnaligned) {
               static_cast<ssize_t>(len))
         << phxfs_last_error();
     ::close(fd);
-    hostcheck(bar + 100, disk + 100, len);
+    hostcheck_bar(bar + 100, disk + 100, len);
     const phxfs_stats st = stats();
     // all but the partial first and last 4 KiB blocks
     EXPECT_EQ(st.path[PHXFS_PATH_DIRECT].read_bytes, (4u << 20) - 4096);
@@ -152,7 +137,7 @@ TEST_F(Guest, BarToDisk) {
               static_cast<ssize_t>(len))
         << phxfs_last_error();
     ::close(fd);
-    hostcheck(bar, disk, len);
+    hostcheck_bar(bar, disk, len);
     EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].write_bytes, len);
 }
 
@@ -173,7 +158,7 @@ TEST_F(Guest, DirectModeRefusesToBounce) {
     EXPECT_EQ(errno, ENOTSUP) << phxfs_last_error();
     ::close(fd);
     ASSERT_EQ(phxfs_set_config(&saved), 0);
-    hostcheck(bar, disk, 1 << 20);
+    hostcheck_bar(bar, disk, 1 << 20);
 }
 
 TEST_F(Guest, ConcurrentThreads) {
@@ -200,7 +185,7 @@ TEST_F(Guest, ConcurrentThreads) {
         t.join();
     EXPECT_EQ(bad, 0) << phxfs_last_error();
     for (auto &[bar, disk] : rs)
-        hostcheck(bar, disk, kLen);
+        hostcheck_bar(bar, disk, kLen);
 }
 
 class GuestFs : public Guest {

@@ -3,7 +3,7 @@
 // pages scattered over a second ivshmem BAR, freed on demand like cudaFree.
 // The host checks the bytes: each GPU page's BAR offset comes from the
 // stand-in's page list, printed as HOSTCHECK gpubar lines.
-#include "../unit/testutil.hpp"
+#include "guest.hpp"
 
 #include <phxfs/phxfs_ioctl.h>
 
@@ -20,10 +20,10 @@
 #include <tuple>
 
 using namespace phxtest;
+using namespace phxguest;
 
 namespace {
 
-constexpr uint64_t kGpuPage = 64 << 10;
 const char *const kNode = "/dev/phxfs1";
 const char *const kStub = "/sys/kernel/debug/nvstub/";
 
@@ -32,29 +32,6 @@ int64_t counter(const char *name) {
     int64_t v = -1;
     in >> v;
     return v;
-}
-
-// cudaMalloc and cudaFree of the stand-in.
-uint64_t gpu_alloc(uint64_t bytes) {
-    std::ofstream(std::string(kStub) + "alloc") << bytes;
-    std::ifstream in(std::string(kStub) + "alloc");
-    uint64_t va = 0;
-    in >> std::hex >> va;
-    return va;
-}
-
-void gpu_free(uint64_t va) {
-    std::ofstream(std::string(kStub) + "free") << va;
-}
-
-// GPU virtual address of each 64 KiB page -> its offset in the BAR.
-std::map<uint64_t, uint64_t> gpu_pages() {
-    std::map<uint64_t, uint64_t> m;
-    std::ifstream in(std::string(kStub) + "pages");
-    std::string va, off;
-    while (in >> va >> off)
-        m[std::stoull(va, nullptr, 0)] = std::stoull(off);
-    return m;
 }
 
 int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void *va) {
@@ -70,7 +47,7 @@ int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void 
 class Nvidia : public ::testing::Test {
   protected:
     void SetUp() override {
-        disk_ = std::getenv("PHXFS_GUEST_DISK");
+        disk_ = raw_disk();
         if (!disk_ || ::access(kStub, F_OK) != 0)
             GTEST_SKIP() << "no stand-in or no disk";
         fd_ = ::open(kNode, O_RDWR);
@@ -86,30 +63,6 @@ class Nvidia : public ::testing::Test {
         void *va = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
         EXPECT_NE(va, MAP_FAILED);
         return static_cast<uint8_t *>(va);
-    }
-    // Puts pattern data on the raw disk, from host memory.
-    void disk_pattern(uint64_t off, uint64_t len, uint64_t seed) {
-        const int fd = ::open(disk_, O_WRONLY | O_DIRECT);
-        ASSERT_GE(fd, 0);
-        auto buf = host_buffer(len);
-        fill_pattern_fast(buf.get(), len, off, seed);
-        ASSERT_EQ(::pwrite(fd, buf.get(), len, off), static_cast<ssize_t>(len));
-        ::close(fd);
-    }
-    // The host compares GPU memory [va, va + len) with the disk at off.
-    static void hostcheck(uint64_t va, uint64_t len, uint64_t off) {
-        const auto pages = gpu_pages();
-        for (uint64_t done = 0; done < len;) {
-            const uint64_t page = (va + done) & ~(kGpuPage - 1);
-            const uint64_t in = (va + done) - page;
-            const uint64_t n = std::min(kGpuPage - in, len - done);
-            auto it = pages.find(page);
-            ASSERT_NE(it, pages.end());
-            std::printf("HOSTCHECK gpubar %llu disk %llu len %llu\n",
-                        (unsigned long long)(it->second + in), (unsigned long long)(off + done),
-                        (unsigned long long)n);
-            done += n;
-        }
     }
     const char *disk_ = nullptr;
     int fd_ = -1;
@@ -156,19 +109,19 @@ TEST_F(Nvidia, DiskToGpuAndBack) {
     disk_pattern(kDisk, len, 70);
     ASSERT_EQ(::pread(fd, m, len, kDisk), static_cast<ssize_t>(len));
     EXPECT_EQ(first_mismatch(m, len, kDisk, 70), len) << "CPU view of GPU memory";
-    hostcheck(va, len, kDisk);
+    hostcheck_gpu(va, len, kDisk);
     // 12 KiB starting 20 KiB into a GPU page.
     std::tie(va, m) = bufs[1];
     const uint64_t in = 5 * kGpuPage + 20480;
     disk_pattern(kDisk + len, 1 << 20, 71);
     ASSERT_EQ(::pread(fd, m + in, 12288, kDisk + len), 12288);
     EXPECT_EQ(first_mismatch(m + in, 12288, kDisk + len, 71), 12288u);
-    hostcheck(va + in, 12288, kDisk + len);
+    hostcheck_gpu(va + in, 12288, kDisk + len);
     // GPU memory to disk: the controller reads the scattered pages.
     std::tie(va, m) = bufs[2];
     fill_pattern_fast(m, len, kDisk + (8 << 20), 72);
     ASSERT_EQ(::pwrite(fd, m, len, kDisk + (8 << 20)), static_cast<ssize_t>(len));
-    hostcheck(va, len, kDisk + (8 << 20));
+    hostcheck_gpu(va, len, kDisk + (8 << 20));
     ::close(fd);
     for (auto [v, p] : bufs) {
         EXPECT_EQ(map_ioctl(fd_, PHXFS_IOCTL_UNMAP, v, len, p), 0);
@@ -188,7 +141,7 @@ TEST_F(Nvidia, ManyGpuPagesInOneRead) {
     ASSERT_EQ(::pread(fd, m, len, kDisk + (16 << 20)), static_cast<ssize_t>(len));
     ::close(fd);
     EXPECT_EQ(first_mismatch_fast(m, len, kDisk + (16 << 20), 73), len);
-    hostcheck(va, len, kDisk + (16 << 20));
+    hostcheck_gpu(va, len, kDisk + (16 << 20));
     ::munmap(m, len); // no UNMAP: munmap releases the pin
 }
 

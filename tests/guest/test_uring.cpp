@@ -2,7 +2,7 @@
 // pread/pwrite, submitted asynchronously. Fixed buffers (register_buffers)
 // over ZONE_DEVICE pages are refused by 6.1 (FOLL_LONGTERM) and accepted
 // from 6.3 on; the test expects exactly that of the running kernel.
-#include "../unit/testutil.hpp"
+#include "guest.hpp"
 
 #include <liburing.h>
 #include <sys/utsname.h>
@@ -10,6 +10,7 @@
 #include <cstdio>
 
 using namespace phxtest;
+using namespace phxguest;
 
 namespace {
 
@@ -29,7 +30,7 @@ bool kernel_at_least(int major, int minor) {
 class Uring : public ::testing::Test {
   protected:
     void SetUp() override {
-        disk_ = std::getenv("PHXFS_GUEST_DISK");
+        disk_ = raw_disk();
         if (!disk_)
             GTEST_SKIP() << "PHXFS_GUEST_DISK not set";
         ASSERT_EQ(phxfs_open(0), 0) << phxfs_last_error();
@@ -43,9 +44,7 @@ class Uring : public ::testing::Test {
         ASSERT_EQ(io_uring_queue_init(8, &ring_, 0), 0);
         fd_ = ::open(disk_, O_RDWR | O_DIRECT);
         ASSERT_GE(fd_, 0);
-        auto buf = host_buffer(kLen);
-        fill_pattern_fast(buf.get(), kLen, disk_off_, 60);
-        ASSERT_EQ(::pwrite(fd_, buf.get(), kLen, disk_off_), static_cast<ssize_t>(kLen));
+        disk_pattern(disk_off_, kLen, 60);
     }
     void TearDown() override {
         if (fd_ >= 0)
@@ -78,8 +77,7 @@ TEST_F(Uring, ReadIntoDeviceMemory) {
     io_uring_prep_read(sqe, fd_, target_, kLen, disk_off_);
     ASSERT_EQ(submit_wait(sqe), static_cast<int>(kLen));
     EXPECT_EQ(first_mismatch(target_, 4096, disk_off_, 60), 4096u);
-    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar_,
-                (unsigned long long)disk_off_, (unsigned long long)kLen);
+    hostcheck_bar(bar_, disk_off_, kLen);
 }
 
 TEST_F(Uring, FixedBuffersDependOnTheKernel) {
@@ -100,8 +98,7 @@ TEST_F(Uring, FixedBuffersDependOnTheKernel) {
     ASSERT_EQ(submit_wait(sqe), static_cast<int>(kLen));
     EXPECT_EQ(first_mismatch(target_, 4096, disk_off_, 61), 4096u);
     EXPECT_EQ(io_uring_unregister_buffers(&ring_), 0);
-    std::printf("HOSTCHECK bar %llu disk %llu len %llu\n", (unsigned long long)bar_,
-                (unsigned long long)disk_off_, (unsigned long long)kLen);
+    hostcheck_bar(bar_, disk_off_, kLen);
 }
 
 } // namespace
