@@ -15,6 +15,12 @@ namespace phxguest {
 
 constexpr uint64_t kGpuPage = 64 << 10;
 
+// A number from the environment (the harness's layout), or def.
+inline uint64_t env_u64(const char *name, uint64_t def) {
+    const char *v = std::getenv(name);
+    return v && *v ? std::strtoull(v, nullptr, 0) : def;
+}
+
 // The raw disk the tests may overwrite (PHXFS_GUEST_DISK), or nullptr.
 inline const char *raw_disk() {
     const char *d = std::getenv("PHXFS_GUEST_DISK");

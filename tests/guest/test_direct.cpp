@@ -26,11 +26,6 @@ using namespace phxguest;
 
 namespace {
 
-uint64_t env_u64(const char *name, uint64_t def) {
-    const char *v = std::getenv(name);
-    return v && *v ? std::strtoull(v, nullptr, 0) : def;
-}
-
 // Hands out BAR and disk ranges that no other test touches.
 struct Ranges {
     std::mutex m;

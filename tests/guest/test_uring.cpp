@@ -14,11 +14,6 @@ using namespace phxguest;
 
 namespace {
 
-uint64_t env_u64(const char *name, uint64_t def) {
-    const char *v = std::getenv(name);
-    return v && *v ? std::strtoull(v, nullptr, 0) : def;
-}
-
 bool kernel_at_least(int major, int minor) {
     utsname u{};
     ::uname(&u);
