@@ -33,6 +33,11 @@ module_param_array(nvidia_extra, charp, &nnvidia_extra, 0444);
 MODULE_PARM_DESC(nvidia_extra,
 		 "More devices for the nvidia provider, DOMAIN:BUS:DEV.FN@BAR (tests)");
 
+/* What the provider found, for users and libphxfs's diagnostics. */
+static char nv_status[128] = "not probed";
+module_param_string(nvidia_status, nv_status, sizeof(nv_status), 0444);
+MODULE_PARM_DESC(nvidia_status, "What the nvidia provider found (read only)");
+
 static struct {
 	typeof(&nvidia_p2p_get_pages) get_pages;
 	typeof(&nvidia_p2p_put_pages) put_pages;
@@ -184,7 +189,10 @@ static int nv_probe(void)
 	nv.put_pages = nvidia_p2p_put_pages;
 	nv.free_page_table = nvidia_p2p_free_page_table;
 	if (!nv.get_pages || !nv.put_pages || !nv.free_page_table) {
-		pr_info("phxfs: nvidia provider unavailable: no NVIDIA driver loaded (nvidia_p2p_get_pages not found)\n");
+		strscpy(nv_status,
+			"unavailable: no NVIDIA driver was loaded when phxfs loaded",
+			sizeof(nv_status));
+		pr_info("phxfs: nvidia provider %s\n", nv_status);
 		return 0;
 	}
 	/* GPUs in PCI order; a GPU the driver does not expose is skipped. */
@@ -199,8 +207,9 @@ static int nv_probe(void)
 		if (ret)
 			return ret;
 	}
-	pr_info("phxfs: nvidia provider: %d GPUs, %d more devices\n", n,
-		nnvidia_extra);
+	snprintf(nv_status, sizeof(nv_status), "%d GPUs, %d more devices", n,
+		 nnvidia_extra);
+	pr_info("phxfs: nvidia provider: %s\n", nv_status);
 	return 0;
 }
 

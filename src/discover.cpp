@@ -8,6 +8,8 @@
 
 #include <unistd.h>
 
+#include <fstream>
+
 namespace phxfs::core {
 
 namespace {
@@ -49,6 +51,13 @@ int match_node(std::vector<NodeSeen> &nodes, const std::string &bus_id, std::str
         }
     }
     why = "no /dev/phxfsN serves this GPU (PCI " + bus_id + ")";
+    // phxfs.ko says what its nvidia provider found (kmod/nvidia.c).
+    if (std::ifstream st("/sys/module/phxfs/parameters/nvidia_status"); st) {
+        std::string s;
+        std::getline(st, s);
+        if (!s.empty())
+            why += ": the module's nvidia provider: " + s;
+    }
     for (const NodeSeen &n : nodes)
         if (!n.error.empty())
             why = n.error; // a node we could not open may be this GPU's

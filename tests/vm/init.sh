@@ -33,7 +33,8 @@ done
 
 # Without the stand-in, phxfs.ko serves pcibar alone and says why not GPUs.
 if insmod /phxfs.ko "pcibar=$bdf@2" && [ -c /dev/phxfs0 ] && [ ! -e /dev/phxfs1 ] &&
-	dmesg | grep -q "nvidia provider unavailable" && rmmod phxfs; then
+	dmesg | grep -q "nvidia provider unavailable" &&
+	grep -q "^unavailable" /sys/module/phxfs/parameters/nvidia_status && rmmod phxfs; then
 	result pcibar_alone_without_nvidia_driver pass
 else
 	result pcibar_alone_without_nvidia_driver fail
