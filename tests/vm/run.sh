@@ -129,7 +129,10 @@ run_kernel() {
 
 total_pass=0 total_fail=0 status=0
 for k in $kernels; do
-	if out=$(run_kernel "$k" 2>&1 | tee /dev/stderr | tail -1); then :; fi
+	# (Not tee /dev/stderr: where stderr is a file, that reopens and truncates it.)
+	mkdir -p "$build/vm"
+	run_kernel "$k" 2>&1 | tee "$build/vm/run-$k.log" || true
+	out=$(tail -1 "$build/vm/run-$k.log")
 	p=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
 	f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
 	if [ -z "$p" ]; then p=0 f=$((f + 1)); fi
