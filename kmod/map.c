@@ -54,31 +54,39 @@ static void phxfs_pin_zap(struct phxfs_pin *pin)
 		unmap_mapping_range(pin->mapping, pin->start, pin->len, 1);
 }
 
-/* Waits until no I/O holds a page of the pin (their counts are back to 1). */
-static void phxfs_pin_wait_idle(struct phxfs_dev *dev, struct phxfs_pin *pin)
+/*
+ * Waits until no I/O holds a page of the pin (their counts are back to 1),
+ * for at most PHXFS_IO_WAIT: a long-term pin (an io_uring fixed buffer) may
+ * hold pages until its owner lets go, and neither the GPU driver's callback
+ * nor process exit may hang on that. Returns false on timeout.
+ */
+#define PHXFS_IO_WAIT (10 * HZ)
+
+static bool phxfs_pin_wait_idle(struct phxfs_dev *dev, struct phxfs_pin *pin)
 {
 	unsigned long i, npages = pin->len >> PAGE_SHIFT;
-	unsigned long warn_at = jiffies + 10 * HZ;
+	unsigned long deadline = jiffies + PHXFS_IO_WAIT;
 	struct page *page;
 
 	for (i = 0; i < npages; i++) {
 		page = dev->ops->page(dev, pin, i);
 		while (page_ref_count(page) != 1) {
-			if (time_after(jiffies, warn_at)) {
+			if (time_after(jiffies, deadline)) {
 				dev_warn(dev->device,
-					 "revoke: waiting for I/O on %llx\n",
-					 pin->dev_addr + ((u64)i << PAGE_SHIFT));
-				warn_at = jiffies + 10 * HZ;
+					 "%llx+%llx still pinned (by io_uring?) after 10 s; letting go\n",
+					 pin->dev_addr, pin->len);
+				return false;
 			}
 			usleep_range(100, 1000);
 		}
 	}
+	return true;
 }
 
 /*
  * The provider's device memory is going away (the GPU driver frees it):
- * remove the pages from every page table and wait for I/O in flight on them.
- * Later access faults (SIGBUS) and later I/O fails with EFAULT; UNMAP still
+ * remove the pages from every page table and wait for I/O in flight on them
+ * (bounded, see phxfs_pin_wait_idle()). Later access faults (SIGBUS) and later I/O fails with EFAULT; UNMAP still
  * succeeds. Returns true when the provider must now free its pin state;
  * false when the pin is being released anyway or MAP has not seen it yet
  * (then MAP calls ->drop()). May sleep; takes no lock of the provider's.
@@ -102,7 +110,11 @@ bool phxfs_pin_revoke(struct phxfs_dev *dev, struct phxfs_pin *pin)
 	return was == PHXFS_PIN_HELD;
 }
 
-/* UNMAP, munmap, exit, or a failed MAP: out of page tables, then unpinned. */
+/*
+ * UNMAP, munmap, exit, or a failed MAP: out of page tables, then unpinned.
+ * Where the provider may hand the memory to someone else once unpinned (a
+ * GPU driver), I/O still in flight on the pages is waited for first.
+ */
 static void phxfs_pin_release(struct phxfs_dev *dev, struct phxfs_pin *pin)
 {
 	enum phxfs_pin_state was;
@@ -111,6 +123,8 @@ static void phxfs_pin_release(struct phxfs_dev *dev, struct phxfs_pin *pin)
 	was = pin->state;
 	pin->state = PHXFS_PIN_FREED;
 	phxfs_pin_zap(pin);
+	if (was == PHXFS_PIN_HELD && dev->ops->unpin_waits_for_io)
+		phxfs_pin_wait_idle(dev, pin);
 	mutex_unlock(&pin->lock);
 	/* Outside the lock: the provider may wait for its own revoke path. */
 	if (was == PHXFS_PIN_HELD)

@@ -220,6 +220,7 @@ const struct phxfs_provider_ops phxfs_nvidia_ops = {
 	.pin = nv_pin,
 	.page = nv_page,
 	.unpin = nv_unpin,
+	.unpin_waits_for_io = true,
 	.drop = nv_drop,
 	.release = nv_release,
 };

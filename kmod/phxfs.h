@@ -66,6 +66,8 @@ struct phxfs_provider_ops {
 	struct page *(*page)(struct phxfs_dev *dev, struct phxfs_pin *pin,
 			     unsigned long i);
 	void (*unpin)(struct phxfs_dev *dev, struct phxfs_pin *pin);
+	/* Unpinned memory may be reused: drain I/O on it before unpin(). */
+	bool unpin_waits_for_io;
 	/*
 	 * Forgets a pin whose memory was revoked before pin() returned (see
 	 * phxfs_pin_revoke()); may be NULL for providers that never revoke.

@@ -12,7 +12,11 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 
+#include <liburing.h>
+#include <sys/utsname.h>
+
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -232,6 +236,33 @@ TEST_F(Nvidia, RevokeDuringIo) {
         std::printf("revoke round %d: %d reads done, %d failed with EFAULT\n", round, ok.load(),
                     efault.load());
     }
+}
+
+// cudaFree while io_uring holds the GPU pages as fixed buffers (6.3+): the
+// pins outlive any I/O, so the revoke waits a bounded time and lets go
+// instead of hanging the driver's free path.
+TEST_F(Nvidia, RevokeWithFixedBuffersDoesNotHang) {
+    utsname u{};
+    ::uname(&u);
+    int major = 0, minor = 0;
+    std::sscanf(u.release, "%d.%d", &major, &minor);
+    if (major < 6 || (major == 6 && minor < 3))
+        GTEST_SKIP() << "fixed buffers over device memory need 6.3+";
+    const uint64_t va = gpu_alloc(1 << 20);
+    uint8_t *m = vma(1 << 20);
+    ASSERT_EQ(map_ioctl(fd_, PHXFS_IOCTL_MAP, va, 1 << 20, m), 0);
+    io_uring ring{};
+    ASSERT_EQ(io_uring_queue_init(4, &ring, 0), 0);
+    iovec iov{m, 1 << 20};
+    ASSERT_EQ(io_uring_register_buffers(&ring, &iov, 1), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    gpu_free(va); // the revoke gives up after 10 s
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(s, 30.0);
+    EXPECT_EQ(io_uring_unregister_buffers(&ring), 0);
+    io_uring_queue_exit(&ring);
+    EXPECT_EQ(map_ioctl(fd_, PHXFS_IOCTL_UNMAP, va, 1 << 20, m), 0);
+    ::munmap(m, 1 << 20);
 }
 
 } // namespace

@@ -8,6 +8,8 @@
 #include <sys/utsname.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sys/wait.h>
 
 using namespace phxtest;
 using namespace phxguest;
@@ -94,6 +96,38 @@ TEST_F(Uring, FixedBuffersDependOnTheKernel) {
     EXPECT_EQ(first_mismatch(target_, 4096, disk_off_, 61), 4096u);
     EXPECT_EQ(io_uring_unregister_buffers(&ring_), 0);
     hostcheck_bar(bar_, disk_off_, kLen);
+}
+
+// A process that dies with device memory registered as io_uring fixed
+// buffers: its mappings go at exit before its files, so the pages are still
+// pinned by the ring when phxfs tears the mapping down. Exit must not wait
+// for that, and the pins must be gone once the ring is.
+TEST(UringExit, ExitWithFixedBuffersRegistered) {
+    if (!kernel_at_least(6, 3))
+        GTEST_SKIP() << "fixed buffers over device memory need 6.3+";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        void *t = nullptr;
+        io_uring ring{};
+        if (phxfs_open(0) || phxfs_regmem(0, reinterpret_cast<void *>(372ull << 20), 1 << 20, &t) ||
+            io_uring_queue_init(4, &ring, 0))
+            _exit(3);
+        iovec iov{t, 1 << 20};
+        _exit(io_uring_register_buffers(&ring, &iov, 1) == 0 ? 0 : 4); // no cleanup
+    }
+    int status = -1;
+    for (int i = 0; i < 100 && ::waitpid(pid, &status, WNOHANG) == 0; ++i)
+        ::usleep(50000);
+    ASSERT_TRUE(WIFEXITED(status)) << "the process did not exit within 5 s";
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    std::string busy;
+    for (int i = 0; i < 50; ++i) {
+        std::ifstream("/sys/class/phxfs/phxfs0/pages_busy") >> busy;
+        if (busy == "0")
+            break;
+        ::usleep(100000);
+    }
+    EXPECT_EQ(busy, "0") << "pages still pinned after the ring went away";
 }
 
 } // namespace
