@@ -210,11 +210,11 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
                     stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
                     pending = true;
                 }
-                if (from_storage && pending) {
+                if (!from_storage) {
+                    cur ^= 1;
+                } else if (pending) {
                     stream.wait(); // the next read reuses the whole lane
                     pending = false;
-                } else {
-                    cur ^= 1;
                 }
             }
             if (pending)

@@ -1,7 +1,8 @@
 // Staging lanes: a lane is two pinned staging buffers, adjacent in one
 // allocation, and a copy stream: the unit one pipeline participant works
-// with. Reads from storage use the two as one buffer of twice the size. Lanes are made on first
-// need and reused, so no I/O call allocates staging memory.
+// with. Reads from storage use the two as one buffer of twice the size.
+// Lanes are made on first need and reused, so no I/O call allocates staging
+// memory.
 #pragma once
 
 #include "memory.hpp"
