@@ -45,13 +45,19 @@ struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset)
 	return pfn_to_page(PHYS_PFN(dev->bar_start + offset));
 }
 
+/* Held beyond its base reference: mapped, or pinned by I/O (see above). */
+bool phxfs_page_busy(struct page *page)
+{
+	return page_ref_count(page) != 1;
+}
+
 static unsigned long phxfs_pages_busy(struct phxfs_dev *dev)
 {
 	unsigned long n = 0;
 	u64 off;
 
 	for (off = 0; off < dev->bar_size; off += PAGE_SIZE) {
-		if (page_ref_count(phxfs_bar_page(dev, off)) != 1)
+		if (phxfs_page_busy(phxfs_bar_page(dev, off)))
 			n++;
 		if (!(off & ((1UL << 30) - 1)))
 			cond_resched();

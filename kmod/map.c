@@ -55,7 +55,7 @@ static void phxfs_pin_zap(struct phxfs_pin *pin)
 }
 
 /*
- * Waits until no I/O holds a page of the pin (their counts are back to 1),
+ * Waits until no I/O holds a page of the pin (phxfs_page_busy()),
  * for at most PHXFS_IO_WAIT: a long-term pin (an io_uring fixed buffer) may
  * hold pages until its owner lets go, and neither the GPU driver's callback
  * nor process exit may hang on that. Returns false on timeout.
@@ -70,7 +70,7 @@ static bool phxfs_pin_wait_idle(struct phxfs_dev *dev, struct phxfs_pin *pin)
 
 	for (i = 0; i < npages; i++) {
 		page = dev->ops->page(dev, pin, i);
-		while (page_ref_count(page) != 1) {
+		while (phxfs_page_busy(page)) {
 			if (time_after(jiffies, deadline)) {
 				dev_warn(dev->device,
 					 "%llx+%llx still pinned (by io_uring?) after 10 s; letting go\n",

@@ -38,12 +38,6 @@ static char nv_status[128] = "not probed";
 module_param_string(nvidia_status, nv_status, sizeof(nv_status), 0444);
 MODULE_PARM_DESC(nvidia_status, "What the nvidia provider found (read only)");
 
-static struct {
-	typeof(&nvidia_p2p_get_pages) get_pages;
-	typeof(&nvidia_p2p_put_pages) put_pages;
-	typeof(&nvidia_p2p_free_page_table) free_page_table;
-} nv;
-
 struct nv_pin {
 	struct phxfs_dev *dev;
 	struct phxfs_pin *pin;
@@ -55,7 +49,7 @@ static void nv_free_callback(void *data)
 	struct nv_pin *np = data;
 
 	if (phxfs_pin_revoke(np->dev, np->pin)) {
-		nv.free_page_table(np->table);
+		nvidia_p2p_free_page_table(np->table);
 		np->table = NULL;
 	}
 }
@@ -98,8 +92,8 @@ static int nv_pin(struct phxfs_dev *dev, struct phxfs_pin *pin)
 	np->dev = dev;
 	np->pin = pin;
 	pin->priv = np;
-	ret = nv.get_pages(0, 0, pin->dev_addr, pin->len, &np->table,
-			   nv_free_callback, np);
+	ret = nvidia_p2p_get_pages(0, 0, pin->dev_addr, pin->len, &np->table,
+				   nv_free_callback, np);
 	if (ret) {
 		phxfs_dbg(dev, "nvidia_p2p_get_pages %llx+%llx: %d\n",
 			  pin->dev_addr, pin->len, ret);
@@ -107,7 +101,7 @@ static int nv_pin(struct phxfs_dev *dev, struct phxfs_pin *pin)
 	}
 	ret = nv_check_table(dev, pin, np->table);
 	if (ret) {
-		nv.put_pages(0, 0, pin->dev_addr, np->table);
+		nvidia_p2p_put_pages(0, 0, pin->dev_addr, np->table);
 		goto err_free;
 	}
 	return 0;
@@ -133,7 +127,7 @@ static void nv_unpin(struct phxfs_dev *dev, struct phxfs_pin *pin)
 	struct nv_pin *np = pin->priv;
 	int ret;
 
-	ret = nv.put_pages(0, 0, pin->dev_addr, np->table);
+	ret = nvidia_p2p_put_pages(0, 0, pin->dev_addr, np->table);
 	if (ret)
 		dev_warn(dev->device, "nvidia_p2p_put_pages %llx: %d\n",
 			 pin->dev_addr, ret);
@@ -145,7 +139,7 @@ static void nv_drop(struct phxfs_dev *dev, struct phxfs_pin *pin)
 {
 	struct nv_pin *np = pin->priv;
 
-	nv.free_page_table(np->table);
+	nvidia_p2p_free_page_table(np->table);
 	kfree(np);
 }
 
@@ -185,10 +179,9 @@ static int nv_probe(void)
 	struct pci_dev *pdev = NULL;
 	int i, ret, n = 0;
 
-	nv.get_pages = nvidia_p2p_get_pages;
-	nv.put_pages = nvidia_p2p_put_pages;
-	nv.free_page_table = nvidia_p2p_free_page_table;
-	if (!nv.get_pages || !nv.put_pages || !nv.free_page_table) {
+	/* Weak references: NULL unless the driver was loaded before us. */
+	if (!nvidia_p2p_get_pages || !nvidia_p2p_put_pages ||
+	    !nvidia_p2p_free_page_table) {
 		strscpy(nv_status,
 			"unavailable: no NVIDIA driver was loaded when phxfs loaded",
 			sizeof(nv_status));

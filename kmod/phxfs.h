@@ -115,6 +115,7 @@ int phxfs_chrdev_init(void);
 void phxfs_chrdev_exit(void);
 
 struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset);
+bool phxfs_page_busy(struct page *page);
 bool phxfs_pin_revoke(struct phxfs_dev *dev, struct phxfs_pin *pin);
 extern const struct file_operations phxfs_fops;
 
