@@ -8,7 +8,7 @@ JOBS       ?= $(shell nproc)
 KERNEL     ?= all
 DEMO_SIZE  ?= 512M
 
-.PHONY: all deps build demo test unit asan vmtest install format checkpatch clean
+.PHONY: all deps build demo test unit asan vmtest fuzz install format checkpatch clean
 
 all: build
 
@@ -44,6 +44,12 @@ asan: deps
 vmtest: build
 	@if [ -x tests/vm/run.sh ]; then tests/vm/run.sh --kernel $(KERNEL) --build $(BUILD); \
 	else echo "tests/vm/run.sh not present: VM suite skipped"; fi
+
+# The kernel module's fuzzer alone, for DURATION seconds per kernel
+# (PHXFS_FUZZ_SEED=N replays a seed).
+DURATION ?= 300
+fuzz: build
+	tests/vm/run.sh --kernel $(KERNEL) --build $(BUILD) --fuzz $(DURATION)
 
 install: build
 	cmake --install $(BUILD)

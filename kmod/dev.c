@@ -9,25 +9,25 @@
  *    the BAR's physical address (or an IOMMU mapping of it);
  *  - MEMORY_DEVICE_PCI_P2PDMA pages may only come from the kernel's own
  *    p2pdma code (pci_p2pdma_add_resource), which sets up the provider and bus
- *    offset that pci_p2pdma_map_segment() reads. Re-declaring that private
- *    structure from a module leaves those fields unset, and since 6.2 GUP
- *    refuses such pages for queues without P2PDMA support; with
- *    CONFIG_PCI_P2PDMA off (Debian's 6.1 and 6.12) the type does not exist
- *    at all. GENERIC pages behave the same with or without CONFIG_PCI_P2PDMA.
- * The price: the kernel's P2P distance check does not run for us, so user
- * space (phxfs-check) must say when a GPU and an SSD cannot reach each other.
- *
- * MEMORY_DEVICE_GENERIC pages start with a reference count of one, which
- * never drops while the device exists; a page is busy while its count is
- * above one (mapped in a process or pinned by I/O in flight).
+ *    offset that pci_p2pdma_map_segment() reads; with CONFIG_PCI_P2PDMA off
+ *    (Debian's 6.1 and 6.12) the type does not exist at all.
+ * The price, and what this file does about it:
+ *  - devices get the CPU physical address of a page: a BAR whose bus
+ *    address differs, or a machine whose DMA addresses carry a memory
+ *    encryption bit, is refused;
+ *  - the kernel's P2P distance check does not run for us: user space
+ *    (phxfs-check) says when a GPU and an SSD cannot reach each other;
+ *  - code that touches the data with the CPU (dm-crypt, checksums) reads the
+ *    BAR through the kernel's mapping, which is write-combining: so only
+ *    prefetchable BARs (reads without side effects) are taken.
+ * Page lifetime is pin.c's business.
  */
-#include <linux/delay.h>
+#include <linux/cc_platform.h>
 #include <linux/fs.h>
 #include <linux/io.h>
-#include <linux/jiffies.h>
 #include <linux/mm.h>
 #include <linux/module.h>
-#include <linux/mutex.h>
+#include <linux/moduleparam.h>
 #include <linux/slab.h>
 
 #include "phxfs.h"
@@ -35,29 +35,37 @@
 /* memremap_pages() works in memory subsections of 2 MiB. */
 #define PHXFS_BAR_ALIGN	(2UL << 20)
 
+static int fail_add;
+module_param(fail_add, int, 0444);
+MODULE_PARM_DESC(fail_add,
+		 "Tests: adding a device fails at step N (1 alloc .. 5 cdev)");
+
+enum { PHXFS_STEP_ALLOC = 1, PHXFS_STEP_NAME, PHXFS_STEP_MEMTYPE,
+	PHXFS_STEP_PAGES, PHXFS_STEP_CDEV };
+
 static dev_t phxfs_devt;
 static struct class *phxfs_class;
 static LIST_HEAD(phxfs_devs);
 static int phxfs_ndevs;
+
+bool phxfs_fail_at(int step)
+{
+	return fail_add == step;
+}
 
 struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset)
 {
 	return pfn_to_page(PHYS_PFN(dev->bar_start + offset));
 }
 
-/* Held beyond its base reference: mapped, or pinned by I/O (see above). */
-bool phxfs_page_busy(struct page *page)
-{
-	return page_ref_count(page) != 1;
-}
-
+/* Slow (every page of the BAR), so for root only: tests and debugging. */
 static unsigned long phxfs_pages_busy(struct phxfs_dev *dev)
 {
 	unsigned long n = 0;
 	u64 off;
 
 	for (off = 0; off < dev->bar_size; off += PAGE_SIZE) {
-		if (phxfs_page_busy(phxfs_bar_page(dev, off)))
+		if (page_ref_count(phxfs_bar_page(dev, off)) != 1)
 			n++;
 		if (!(off & ((1UL << 30) - 1)))
 			cond_resched();
@@ -85,9 +93,11 @@ static DEVICE_ATTR_RO(name)
 PHXFS_STAT_ATTR(maps);
 PHXFS_STAT_ATTR(unmaps);
 PHXFS_STAT_ATTR(errors);
-PHXFS_STAT_ATTR(revokes);
 PHXFS_STAT_ATTR(mapped_bytes);
 PHXFS_STAT_ATTR(mapped_total);
+PHXFS_STAT_ATTR(draining);
+PHXFS_STAT_ATTR(draining_bytes);
+PHXFS_STAT_ATTR(pinned_bytes);
 
 static ssize_t provider_show(struct device *d, struct device_attribute *attr,
 			     char *buf)
@@ -123,15 +133,17 @@ static ssize_t pages_busy_show(struct device *d, struct device_attribute *attr,
 
 	return sysfs_emit(buf, "%lu\n", phxfs_pages_busy(dev));
 }
-static DEVICE_ATTR_RO(pages_busy);
+static DEVICE_ATTR_ADMIN_RO(pages_busy);
 
 static struct attribute *phxfs_dev_attrs[] = {
 	&dev_attr_maps.attr,
 	&dev_attr_unmaps.attr,
 	&dev_attr_errors.attr,
-	&dev_attr_revokes.attr,
 	&dev_attr_mapped_bytes.attr,
 	&dev_attr_mapped_total.attr,
+	&dev_attr_draining.attr,
+	&dev_attr_draining_bytes.attr,
+	&dev_attr_pinned_bytes.attr,
 	&dev_attr_provider.attr,
 	&dev_attr_pci.attr,
 	&dev_attr_bar_size.attr,
@@ -140,52 +152,75 @@ static struct attribute *phxfs_dev_attrs[] = {
 };
 ATTRIBUTE_GROUPS(phxfs_dev);
 
+/* Whether the stock DMA path would hand devices the right address. */
+static int phxfs_dev_check(struct phxfs_dev *dev)
+{
+	struct pci_dev *pdev = dev->pdev;
+	int bar = dev->bar;
+
+	if (!(pci_resource_flags(pdev, bar) & IORESOURCE_PREFETCH)) {
+		pci_err(pdev, "phxfs: BAR%d is not prefetchable: reads may have side effects\n",
+			bar);
+		return -EINVAL;
+	}
+	if (!dev->bar_size || !IS_ALIGNED(dev->bar_start, PHXFS_BAR_ALIGN) ||
+	    !IS_ALIGNED(dev->bar_size, PHXFS_BAR_ALIGN)) {
+		pci_err(pdev, "phxfs: BAR%d %pa+%llx is not 2 MiB aligned\n",
+			bar, &dev->bar_start, dev->bar_size);
+		return -EINVAL;
+	}
+	if (pci_bus_address(pdev, bar) != dev->bar_start) {
+		pci_err(pdev, "phxfs: BAR%d bus address %llx is not its CPU address %pa\n",
+			bar, (u64)pci_bus_address(pdev, bar), &dev->bar_start);
+		return -EINVAL;
+	}
+	if (cc_platform_has(CC_ATTR_MEM_ENCRYPT)) {
+		pci_err(pdev, "phxfs: memory encryption is on: DMA addresses miss the BAR\n");
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
 /*
  * A GPU BAR is MMIO: neither the kernel's nor a user's mapping of it may be
  * write-back. Reserving the range write-combining first makes the x86 PAT
- * code give memremap_pages() the same type for the kernel's linear mapping;
- * user mappings ask for it in phxfs_mmap().
+ * code give memremap_pages() the same type for the kernel's mapping; user
+ * mappings ask for it in phxfs_mmap().
  */
 static int phxfs_dev_pages(struct phxfs_dev *dev)
 {
 	void *addr;
+	int ret;
 
-	dev->wc = ioremap_wc(dev->bar_start, dev->bar_size);
-	if (!dev->wc)
+	if (phxfs_fail_at(PHXFS_STEP_MEMTYPE))
 		return -ENOMEM;
+	ret = arch_io_reserve_memtype_wc(dev->bar_start, dev->bar_size);
+	if (ret)
+		return ret;
 	dev->pgmap.type = MEMORY_DEVICE_GENERIC;
 	dev->pgmap.range.start = dev->bar_start;
 	dev->pgmap.range.end = dev->bar_start + dev->bar_size - 1;
 	dev->pgmap.nr_range = 1;
-	addr = memremap_pages(&dev->pgmap, dev_to_node(&dev->pdev->dev));
+	addr = phxfs_fail_at(PHXFS_STEP_PAGES) ? ERR_PTR(-ENOMEM) :
+		memremap_pages(&dev->pgmap, dev_to_node(&dev->pdev->dev));
 	if (IS_ERR(addr)) {
-		iounmap(dev->wc);
+		arch_io_free_memtype_wc(dev->bar_start, dev->bar_size);
 		return PTR_ERR(addr);
 	}
 	return 0;
 }
 
-/* Pages pinned by I/O still in flight outlive their mapping: wait for them. */
-static void phxfs_dev_wait_idle(struct phxfs_dev *dev)
+static void phxfs_dev_unpages(struct phxfs_dev *dev)
 {
-	unsigned long warn_at = jiffies + 10 * HZ;
-	unsigned long busy;
-
-	while ((busy = phxfs_pages_busy(dev))) {
-		if (time_after(jiffies, warn_at)) {
-			dev_warn(dev->device, "waiting for %lu busy pages\n",
-				 busy);
-			warn_at = jiffies + 10 * HZ;
-		}
-		msleep(100);
-	}
+	/* No pin is left (pin.c), so no page may be referenced either. */
+	WARN_ON(phxfs_pages_busy(dev));
+	memunmap_pages(&dev->pgmap);
+	arch_io_free_memtype_wc(dev->bar_start, dev->bar_size);
 }
 
-static void phxfs_dev_free(struct phxfs_dev *dev)
+static void phxfs_dev_release(struct device *d)
 {
-	if (dev->ops->release)
-		dev->ops->release(dev);
-	kfree(dev);
+	kfree(container_of(d, struct phxfs_dev, device));
 }
 
 /*
@@ -212,18 +247,26 @@ struct pci_dev *phxfs_pci_spec(const char *param, const char *spec, int *bar)
 	return pdev;
 }
 
+/*
+ * Adds /dev/phxfsN for BAR bar of pdev. Takes over what the provider holds
+ * for it (see phxfs_provider_ops.release), whether it succeeds or not.
+ */
 int phxfs_dev_add(struct pci_dev *pdev, int bar, u64 page_size,
 		  const struct phxfs_provider_ops *ops, void *priv)
 {
-	dev_t devt = MKDEV(MAJOR(phxfs_devt), phxfs_ndevs);
 	struct phxfs_dev *dev;
 	int ret;
 
-	if (phxfs_ndevs >= PHXFS_MAX_DEVICES)
-		return -ENOSPC;
-	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
-	if (!dev)
-		return -ENOMEM;
+	if (phxfs_ndevs >= PHXFS_MAX_DEVICES) {
+		ret = -ENOSPC;
+		goto err_provider;
+	}
+	dev = phxfs_fail_at(PHXFS_STEP_ALLOC) ? NULL :
+		kzalloc(sizeof(*dev), GFP_KERNEL);
+	if (!dev) {
+		ret = -ENOMEM;
+		goto err_provider;
+	}
 	dev->index = phxfs_ndevs;
 	dev->pdev = pdev;
 	dev->bar = bar;
@@ -232,63 +275,67 @@ int phxfs_dev_add(struct pci_dev *pdev, int bar, u64 page_size,
 	dev->page_size = page_size;
 	dev->ops = ops;
 	dev->priv = priv;
+	phxfs_drain_init(dev);
 
-	if (!dev->bar_size || !IS_ALIGNED(dev->bar_start, PHXFS_BAR_ALIGN) ||
-	    !IS_ALIGNED(dev->bar_size, PHXFS_BAR_ALIGN)) {
-		pci_err(pdev, "phxfs: BAR%d %pa+%llx is not 2 MiB aligned\n",
-			bar, &dev->bar_start, dev->bar_size);
-		ret = -EINVAL;
-		goto err_free;
-	}
+	device_initialize(&dev->device);
+	dev->device.devt = MKDEV(MAJOR(phxfs_devt), dev->index);
+	dev->device.class = phxfs_class;
+	dev->device.parent = &pdev->dev;
+	dev->device.groups = phxfs_dev_groups;
+	dev->device.release = phxfs_dev_release;
+	dev_set_drvdata(&dev->device, dev);
+	ret = phxfs_fail_at(PHXFS_STEP_NAME) ? -ENOMEM :
+		dev_set_name(&dev->device, PHXFS_DEV_PREFIX "%d", dev->index);
+	if (ret)
+		goto err_put;
+	ret = phxfs_dev_check(dev);
+	if (ret)
+		goto err_put;
 	ret = phxfs_dev_pages(dev);
 	if (ret) {
 		pci_err(pdev, "phxfs: no struct pages for BAR%d: %d\n", bar,
 			ret);
-		goto err_free;
+		goto err_put;
 	}
 	cdev_init(&dev->cdev, &phxfs_fops);
 	dev->cdev.owner = THIS_MODULE;
-	ret = cdev_add(&dev->cdev, devt, 1);
+	ret = phxfs_fail_at(PHXFS_STEP_CDEV) ? -ENOMEM :
+		cdev_device_add(&dev->cdev, &dev->device);
 	if (ret)
 		goto err_pages;
-	dev->device = device_create_with_groups(phxfs_class, &pdev->dev, devt,
-						dev, phxfs_dev_groups,
-						PHXFS_DEV_PREFIX "%d",
-						dev->index);
-	if (IS_ERR(dev->device)) {
-		ret = PTR_ERR(dev->device);
-		goto err_cdev;
-	}
 	list_add_tail(&dev->node, &phxfs_devs);
 	phxfs_ndevs++;
-	dev_info(dev->device, "%s provider, %s BAR%d, %llu MiB at %pa\n",
+	dev_info(&dev->device, "%s provider, %s BAR%d, %llu MiB at %pa\n",
 		 ops->name, pci_name(pdev), bar, dev->bar_size >> 20,
 		 &dev->bar_start);
 	return 0;
 
-err_cdev:
-	cdev_del(&dev->cdev);
 err_pages:
-	memunmap_pages(&dev->pgmap);
-	iounmap(dev->wc);
-err_free:
-	phxfs_dev_free(dev);
+	phxfs_dev_unpages(dev);
+err_put:
+	put_device(&dev->device);
+err_provider:
+	if (ops->release)
+		ops->release(pdev, bar, priv);
 	return ret;
 }
 
-/* Called at unload, when no file of ours is open (module references). */
+/*
+ * At unload: no file of ours is open and no pin is left (each holds a
+ * module reference), so no page of any device is referenced.
+ */
 void phxfs_dev_remove_all(void)
 {
 	struct phxfs_dev *dev, *tmp;
 
 	list_for_each_entry_safe_reverse(dev, tmp, &phxfs_devs, node) {
 		list_del(&dev->node);
-		device_destroy(phxfs_class, dev->cdev.dev);
-		cdev_del(&dev->cdev);
-		phxfs_dev_wait_idle(dev);
-		memunmap_pages(&dev->pgmap);
-		iounmap(dev->wc);
-		phxfs_dev_free(dev);
+		cdev_device_del(&dev->cdev, &dev->device);
+		phxfs_drain_exit(dev);
+		phxfs_dev_unpages(dev);
+		if (dev->ops->release)
+			dev->ops->release(dev->pdev, dev->bar, dev->priv);
+		put_device(&dev->device);
 	}
 	phxfs_ndevs = 0;
 }

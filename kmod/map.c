@@ -1,25 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Open, mmap and the MAP/UNMAP ioctls of /dev/phxfsN.
+ * mmap and the MAP/UNMAP ioctls of /dev/phxfsN.
  *
- * mmap() only reserves a VMA. MAP pins a device address range through the
- * provider and inserts its struct pages at a user address inside that VMA;
- * O_DIRECT I/O on the address then DMAs to and from device memory. UNMAP,
- * munmap, close and process exit undo it.
+ * mmap() only reserves a VMA and gives it a slot of file offsets of its
+ * open file (file.c). MAP pins a device address range through the provider
+ * and inserts its struct pages at a user address inside that VMA; O_DIRECT
+ * I/O on the address then DMAs to and from device memory. UNMAP, munmap,
+ * close and process exit undo it, and pin.c gives the memory back once no
+ * page of it is referenced.
  *
- * Each mmap gets file offsets of its own (vm_pgoff) on the device file, so
- * that unmap_mapping_range() can remove one mapping from every VMA that
- * shares it (fork copies included) without the owner's mmap lock.
+ * Who holds what: a VMA (and any fork copy of it) holds its phxfs_vma
+ * (kref); the phxfs_vma's maple tree holds the pins mapped in it, keyed by
+ * their page range in the VMA; UNMAP or the last VMA close passes each pin
+ * to pin.c.
  *
- * Lock order: mmap_lock, phxfs_vma.lock, phxfs_pin.lock, i_mmap_rwsem (inside
- * unmap_mapping_range). A provider's revoke path takes phxfs_pin.lock only.
+ * Lock order: mmap_lock, phxfs_vma.lock, i_mmap_rwsem (unmap_mapping_pages).
+ * Providers pin before any of them is taken and unpin from pin.c, so a GPU
+ * driver is never called with an mmap lock held.
  */
 #include <linux/fs.h>
-#include <linux/delay.h>
-#include <linux/jiffies.h>
 #include <linux/kref.h>
+#include <linux/maple_tree.h>
 #include <linux/mm.h>
-#include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/overflow.h>
 #include <linux/sched/signal.h>
@@ -34,123 +36,33 @@
 /* State of one mmap, shared by the VMA and any fork copy of it. */
 struct phxfs_vma {
 	struct kref ref;
-	struct phxfs_dev *dev;
-	struct address_space *mapping;
+	struct phxfs_file *pf;
+	int slot;
 	pgoff_t pgoff;			/* file offset of the VMA's start */
-	struct mutex lock;		/* protects maps */
-	struct list_head maps;
+	struct mutex lock;		/* serialises MAP and UNMAP in the VMA */
+	struct maple_tree pins;		/* page index in the VMA -> pin */
 };
-
-/* One MAP: pages [first, first + len / PAGE_SIZE) of the VMA. */
-struct phxfs_map {
-	struct list_head node;
-	unsigned long first;
-	struct phxfs_pin pin;
-};
-
-static void phxfs_pin_zap(struct phxfs_pin *pin)
-{
-	if (pin->mapping)
-		unmap_mapping_range(pin->mapping, pin->start, pin->len, 1);
-}
-
-/*
- * Waits until no I/O holds a page of the pin (phxfs_page_busy()),
- * for at most PHXFS_IO_WAIT: a long-term pin (an io_uring fixed buffer) may
- * hold pages until its owner lets go, and neither the GPU driver's callback
- * nor process exit may hang on that. Returns false on timeout.
- */
-#define PHXFS_IO_WAIT (10 * HZ)
-
-static bool phxfs_pin_wait_idle(struct phxfs_dev *dev, struct phxfs_pin *pin)
-{
-	unsigned long i, npages = pin->len >> PAGE_SHIFT;
-	unsigned long deadline = jiffies + PHXFS_IO_WAIT;
-	struct page *page;
-
-	for (i = 0; i < npages; i++) {
-		page = dev->ops->page(dev, pin, i);
-		while (phxfs_page_busy(page)) {
-			if (time_after(jiffies, deadline)) {
-				dev_warn(dev->device,
-					 "%llx+%llx still pinned (by io_uring?) after 10 s; letting go\n",
-					 pin->dev_addr, pin->len);
-				return false;
-			}
-			usleep_range(100, 1000);
-		}
-	}
-	return true;
-}
-
-/*
- * The provider's device memory is going away (the GPU driver frees it):
- * remove the pages from every page table and wait for I/O in flight on them
- * (bounded, see phxfs_pin_wait_idle()). Later access faults (SIGBUS) and later I/O fails with EFAULT; UNMAP still
- * succeeds. Returns true when the provider must now free its pin state;
- * false when the pin is being released anyway or MAP has not seen it yet
- * (then MAP calls ->drop()). May sleep; takes no lock of the provider's.
- */
-bool phxfs_pin_revoke(struct phxfs_dev *dev, struct phxfs_pin *pin)
-{
-	enum phxfs_pin_state was;
-
-	mutex_lock(&pin->lock);
-	was = pin->state;
-	if (was == PHXFS_PIN_NEW || was == PHXFS_PIN_HELD)
-		pin->state = PHXFS_PIN_REVOKED;
-	if (was == PHXFS_PIN_HELD) {
-		phxfs_pin_zap(pin);
-		phxfs_pin_wait_idle(dev, pin);
-		atomic64_inc(&dev->stats.revokes);
-	}
-	mutex_unlock(&pin->lock);
-	phxfs_dbg(dev, "revoke %llx+%llx: state %d\n", pin->dev_addr, pin->len,
-		  was);
-	return was == PHXFS_PIN_HELD;
-}
-
-/*
- * UNMAP, munmap, exit, or a failed MAP: out of page tables, then unpinned.
- * Where the provider may hand the memory to someone else once unpinned (a
- * GPU driver), I/O still in flight on the pages is waited for first.
- */
-static void phxfs_pin_release(struct phxfs_dev *dev, struct phxfs_pin *pin)
-{
-	enum phxfs_pin_state was;
-
-	mutex_lock(&pin->lock);
-	was = pin->state;
-	pin->state = PHXFS_PIN_FREED;
-	phxfs_pin_zap(pin);
-	if (was == PHXFS_PIN_HELD && dev->ops->unpin_waits_for_io)
-		phxfs_pin_wait_idle(dev, pin);
-	mutex_unlock(&pin->lock);
-	/* Outside the lock: the provider may wait for its own revoke path. */
-	if (was == PHXFS_PIN_HELD)
-		dev->ops->unpin(dev, pin);
-}
-
-static void phxfs_map_free(struct phxfs_dev *dev, struct phxfs_map *map)
-{
-	phxfs_pin_release(dev, &map->pin);
-	atomic64_sub(map->pin.len, &dev->stats.mapped_bytes);
-	atomic64_inc(&dev->stats.unmaps);
-	list_del(&map->node);
-	kfree(map);
-}
 
 static void phxfs_vma_release(struct kref *ref)
 {
 	struct phxfs_vma *pv = container_of(ref, struct phxfs_vma, ref);
-	struct phxfs_map *map, *tmp;
+	struct phxfs_dev *dev = pv->pf->dev;
+	struct phxfs_pin *pin;
+	unsigned long index = 0;
 
-	list_for_each_entry_safe(map, tmp, &pv->maps, node)
-		phxfs_map_free(pv->dev, map);
+	/* Every VMA of the slot is gone, and with them the page tables. */
+	mt_for_each(&pv->pins, pin, index, ULONG_MAX) {
+		atomic_dec(&pv->pf->nr_maps);
+		atomic64_sub(pin->len, &dev->stats.mapped_bytes);
+		atomic64_inc(&dev->stats.unmaps);
+		phxfs_pin_retire(pin, false);
+	}
+	mtree_destroy(&pv->pins);
+	ida_free(&pv->pf->slots, pv->slot);
 	kfree(pv);
 }
 
-/* A fork copy (after MADV_DOFORK) or mremap's temporary copy. */
+/* A fork copy (after MADV_DOFORK). */
 static void phxfs_vma_open(struct vm_area_struct *vma)
 {
 	struct phxfs_vma *pv = vma->vm_private_data;
@@ -158,7 +70,7 @@ static void phxfs_vma_open(struct vm_area_struct *vma)
 	kref_get(&pv->ref);
 }
 
-/* munmap or exit: the page tables of this VMA are gone already. */
+/* munmap or exit, under the mmap write lock: the page tables are gone. */
 static void phxfs_vma_close(struct vm_area_struct *vma)
 {
 	struct phxfs_vma *pv = vma->vm_private_data;
@@ -184,23 +96,33 @@ static const struct vm_operations_struct phxfs_vm_ops = {
 	.mremap = phxfs_vma_mremap,
 };
 
-static int phxfs_mmap(struct file *filp, struct vm_area_struct *vma)
+int phxfs_mmap(struct file *filp, struct vm_area_struct *vma)
 {
-	struct phxfs_dev *dev = filp->private_data;
+	struct phxfs_file *pf = filp->private_data;
 	struct phxfs_vma *pv;
+	int slot;
 
-	/* Offsets belong to MAP; the file offset is ours (see above). */
-	if (!(vma->vm_flags & VM_SHARED) || vma->vm_pgoff)
+	/* Offsets belong to MAP; the file offset is ours (file.c). */
+	if (!(vma->vm_flags & VM_SHARED) || vma->vm_pgoff ||
+	    vma_pages(vma) > (1UL << PHXFS_SLOT_SHIFT))
 		return -EINVAL;
-	pv = kzalloc(sizeof(*pv), GFP_KERNEL);
+	pv = kzalloc(sizeof(*pv), GFP_KERNEL_ACCOUNT);
 	if (!pv)
 		return -ENOMEM;
+	slot = ida_alloc_max(&pf->slots, PHXFS_MAX_MMAPS - 1,
+			     GFP_KERNEL_ACCOUNT);
+	if (slot < 0) {
+		kfree(pv);
+		phxfs_dbg(pf->dev, "mmap: %d mappings of this file already\n",
+			  PHXFS_MAX_MMAPS);
+		return slot == -ENOSPC ? -ENOMEM : slot;
+	}
 	kref_init(&pv->ref);
 	mutex_init(&pv->lock);
-	INIT_LIST_HEAD(&pv->maps);
-	pv->dev = dev;
-	pv->mapping = filp->f_mapping;
-	pv->pgoff = atomic64_fetch_add(vma_pages(vma), &dev->next_pgoff);
+	mt_init(&pv->pins);
+	pv->pf = pf;
+	pv->slot = slot;
+	pv->pgoff = (pgoff_t)slot << PHXFS_SLOT_SHIFT;
 
 	vma->vm_pgoff = pv->pgoff;
 	vma->vm_private_data = pv;
@@ -213,8 +135,8 @@ static int phxfs_mmap(struct file *filp, struct vm_area_struct *vma)
 	 */
 	phxfs_vm_flags_set(vma, VM_MIXEDMAP | VM_DONTEXPAND | VM_DONTDUMP |
 			   VM_DONTCOPY);
-	phxfs_dbg(dev, "mmap %lu pages at %lx, pgoff %lu\n", vma_pages(vma),
-		  vma->vm_start, pv->pgoff);
+	phxfs_dbg(pf->dev, "mmap %lu pages at %lx, slot %d\n", vma_pages(vma),
+		  vma->vm_start, slot);
 	return 0;
 }
 
@@ -230,12 +152,12 @@ static int phxfs_check_map(struct phxfs_dev *dev, struct phxfs_ioctl_map *req)
 		return -EINVAL;
 	if (check_add_overflow(req->dev_addr, req->len, &end) ||
 	    check_add_overflow(req->vaddr, req->len, &end) ||
-	    req->vaddr + req->len > TASK_SIZE)
+	    end > TASK_SIZE)
 		return -EINVAL;
 	return 0;
 }
 
-/* The phxfs VMA of this file holding all of [vaddr, vaddr + len). */
+/* The VMA of this open file holding all of [vaddr, vaddr + len). */
 static struct vm_area_struct *phxfs_find_vma(struct file *filp, u64 vaddr,
 					     u64 len)
 {
@@ -247,22 +169,10 @@ static struct vm_area_struct *phxfs_find_vma(struct file *filp, u64 vaddr,
 	return vma;
 }
 
-static bool phxfs_overlaps(struct phxfs_vma *pv, unsigned long first,
-			   unsigned long n)
-{
-	struct phxfs_map *map;
-
-	list_for_each_entry(map, &pv->maps, node)
-		if (first < map->first + (map->pin.len >> PAGE_SHIFT) &&
-		    map->first < first + n)
-			return true;
-	return false;
-}
-
 static int phxfs_insert(struct phxfs_dev *dev, struct vm_area_struct *vma,
-			struct phxfs_map *map, unsigned long addr)
+			struct phxfs_pin *pin, unsigned long addr)
 {
-	unsigned long npages = map->pin.len >> PAGE_SHIFT;
+	unsigned long npages = pin->len >> PAGE_SHIFT;
 	unsigned long done = 0, i, n, left;
 	struct page **batch;
 	int ret = 0;
@@ -273,7 +183,7 @@ static int phxfs_insert(struct phxfs_dev *dev, struct vm_area_struct *vma,
 	while (done < npages) {
 		n = min_t(unsigned long, npages - done, PHXFS_BATCH);
 		for (i = 0; i < n; i++)
-			batch[i] = dev->ops->page(dev, &map->pin, done + i);
+			batch[i] = dev->ops->page(dev, pin, done + i);
 		left = n;
 		ret = vm_insert_pages(vma, addr + (done << PAGE_SHIFT), batch,
 				      &left);
@@ -290,176 +200,141 @@ static int phxfs_insert(struct phxfs_dev *dev, struct vm_area_struct *vma,
 	return ret;
 }
 
-/*
- * Pins without pin->lock held (a provider's revoke path may hold the
- * provider's locks while it waits for pin->lock), inserts with it held.
- */
-static int phxfs_pin_map(struct phxfs_dev *dev, struct vm_area_struct *vma,
-			 struct phxfs_map *map, unsigned long addr)
+/* Puts a new pin into the VMA at req->vaddr: its tree, then its ptes. */
+static int phxfs_map_into(struct file *filp, struct phxfs_pin *pin,
+			  struct phxfs_ioctl_map *req)
 {
-	struct phxfs_pin *pin = &map->pin;
+	struct vm_area_struct *vma;
+	struct phxfs_vma *pv;
+	unsigned long last;
 	int ret;
 
-	ret = dev->ops->pin(dev, pin);
-	if (ret)
-		return ret;
-	mutex_lock(&pin->lock);
-	if (pin->state == PHXFS_PIN_REVOKED) {
-		/* Freed while we were pinning it. */
-		mutex_unlock(&pin->lock);
-		dev->ops->drop(dev, pin);
-		return -EFAULT;
+	vma = phxfs_find_vma(filp, req->vaddr, req->len);
+	if (!vma)
+		return -EINVAL;
+	pv = vma->vm_private_data;
+	mutex_lock(&pv->lock);
+	pin->first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
+	last = pin->first + (req->len >> PAGE_SHIFT) - 1;
+	ret = mtree_insert_range(&pv->pins, pin->first, last, pin,
+				 GFP_KERNEL_ACCOUNT);
+	if (ret) {
+		ret = ret == -EEXIST ? -EBUSY : ret;
+		goto out;
 	}
-	pin->state = PHXFS_PIN_HELD;
-	ret = phxfs_insert(dev, vma, map, addr);
-	mutex_unlock(&pin->lock);
-	if (ret)
-		phxfs_pin_release(dev, pin);
+	/* From here on the pin may be in page tables. */
+	pin->mapping = filp->f_mapping;
+	pin->pgoff = pv->pgoff + pin->first;
+	ret = phxfs_insert(pin->dev, vma, pin, req->vaddr);
+	if (ret) {
+		phxfs_pin_zap(pin);
+		mtree_erase(&pv->pins, pin->first);
+	}
+out:
+	mutex_unlock(&pv->lock);
 	return ret;
 }
 
-/* MAP with the VMA found and pv->lock held. */
-static int phxfs_map_locked(struct phxfs_dev *dev, struct vm_area_struct *vma,
-			    struct phxfs_ioctl_map *req)
+static int phxfs_map(struct file *filp, struct phxfs_ioctl_map *req)
 {
-	struct phxfs_vma *pv = vma->vm_private_data;
-	unsigned long first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
-	struct phxfs_map *map;
+	struct phxfs_file *pf = filp->private_data;
+	struct phxfs_dev *dev = pf->dev;
+	struct phxfs_pin *pin;
 	int ret;
 
-	if (phxfs_overlaps(pv, first, req->len >> PAGE_SHIFT))
-		return -EBUSY;
-	map = kzalloc(sizeof(*map), GFP_KERNEL);
-	if (!map)
-		return -ENOMEM;
-	map->first = first;
-	map->pin.dev_addr = req->dev_addr;
-	map->pin.len = req->len;
-	mutex_init(&map->pin.lock);
-	map->pin.mapping = pv->mapping;
-	map->pin.start = (loff_t)(pv->pgoff + first) << PAGE_SHIFT;
-	ret = phxfs_pin_map(dev, vma, map, req->vaddr);
-	if (ret) {
-		kfree(map);
-		return ret;
+	if (atomic_inc_return(&pf->nr_maps) > PHXFS_MAX_MAPS) {
+		ret = -ENOSPC;
+		goto err_count;
 	}
-	list_add_tail(&map->node, &pv->maps);
+	/* A bad address is EINVAL before the provider is asked anything. */
+	ret = mmap_read_lock_killable(current->mm);
+	if (ret)
+		goto err_count;
+	if (!phxfs_find_vma(filp, req->vaddr, req->len))
+		ret = -EINVAL;
+	mmap_read_unlock(current->mm);
+	if (ret)
+		goto err_count;
+	pin = phxfs_pin_create(dev, pf->owner, req->dev_addr, req->len);
+	if (IS_ERR(pin)) {
+		ret = PTR_ERR(pin);
+		goto err_count;
+	}
+	ret = mmap_read_lock_killable(current->mm);
+	if (ret)
+		goto err_pin;
+	ret = phxfs_map_into(filp, pin, req);
+	mmap_read_unlock(current->mm);
+	if (ret)
+		goto err_pin;
 	atomic64_inc(&dev->stats.maps);
 	atomic64_add(req->len, &dev->stats.mapped_bytes);
 	atomic64_add(req->len, &dev->stats.mapped_total);
 	phxfs_dbg(dev, "map %llx+%llx at %llx\n", req->dev_addr, req->len,
 		  req->vaddr);
 	return 0;
+
+err_pin:
+	phxfs_pin_retire(pin, true);
+err_count:
+	atomic_dec(&pf->nr_maps);
+	return ret;
 }
 
-/* UNMAP of exactly what one MAP mapped, with pv->lock held. */
-static int phxfs_unmap_locked(struct phxfs_dev *dev, struct vm_area_struct *vma,
-			      struct phxfs_ioctl_map *req)
+/* UNMAP of exactly what one MAP mapped. */
+static int phxfs_unmap(struct file *filp, struct phxfs_ioctl_map *req)
 {
-	struct phxfs_vma *pv = vma->vm_private_data;
-	unsigned long first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
-	struct phxfs_map *map;
-
-	list_for_each_entry(map, &pv->maps, node) {
-		if (map->first != first || map->pin.len != req->len ||
-		    map->pin.dev_addr != req->dev_addr)
-			continue;
-		phxfs_map_free(dev, map);
-		phxfs_dbg(dev, "unmap %llx+%llx at %llx\n", req->dev_addr,
-			  req->len, req->vaddr);
-		return 0;
-	}
-	return -ENOENT;
-}
-
-static int phxfs_ioctl_map_unmap(struct file *filp, unsigned int cmd,
-				 void __user *arg)
-{
-	struct phxfs_dev *dev = filp->private_data;
-	struct mm_struct *mm = current->mm;
-	struct phxfs_ioctl_map req;
+	struct phxfs_file *pf = filp->private_data;
+	struct phxfs_pin *pin = NULL;
 	struct vm_area_struct *vma;
 	struct phxfs_vma *pv;
+	unsigned long first;
+	int ret;
+
+	ret = mmap_read_lock_killable(current->mm);
+	if (ret)
+		return ret;
+	vma = phxfs_find_vma(filp, req->vaddr, req->len);
+	if (!vma) {
+		mmap_read_unlock(current->mm);
+		return -EINVAL;
+	}
+	pv = vma->vm_private_data;
+	first = (req->vaddr - vma->vm_start) >> PAGE_SHIFT;
+	mutex_lock(&pv->lock);
+	pin = mtree_load(&pv->pins, first);
+	if (pin && pin->first == first && pin->len == req->len &&
+	    pin->dev_addr == req->dev_addr) {
+		phxfs_pin_zap(pin);
+		mtree_erase(&pv->pins, first);
+	} else {
+		pin = NULL;
+	}
+	mutex_unlock(&pv->lock);
+	mmap_read_unlock(current->mm);
+	if (!pin)
+		return -ENOENT;
+
+	atomic_dec(&pf->nr_maps);
+	atomic64_sub(pin->len, &pf->dev->stats.mapped_bytes);
+	atomic64_inc(&pf->dev->stats.unmaps);
+	phxfs_dbg(pf->dev, "unmap %llx+%llx at %llx\n", req->dev_addr, req->len,
+		  req->vaddr);
+	phxfs_pin_retire(pin, true);
+	return 0;
+}
+
+long phxfs_ioctl_map(struct file *filp, unsigned int cmd, void __user *arg)
+{
+	struct phxfs_file *pf = filp->private_data;
+	struct phxfs_ioctl_map req;
 	int ret;
 
 	if (copy_from_user(&req, arg, sizeof(req)))
 		return -EFAULT;
-	ret = phxfs_check_map(dev, &req);
+	ret = phxfs_check_map(pf->dev, &req);
 	if (ret)
 		return ret;
-	mmap_read_lock(mm);
-	vma = phxfs_find_vma(filp, req.vaddr, req.len);
-	if (!vma) {
-		mmap_read_unlock(mm);
-		return -EINVAL;
-	}
-	pv = vma->vm_private_data;
-	mutex_lock(&pv->lock);
-	if (cmd == PHXFS_IOCTL_MAP)
-		ret = phxfs_map_locked(dev, vma, &req);
-	else
-		ret = phxfs_unmap_locked(dev, vma, &req);
-	mutex_unlock(&pv->lock);
-	mmap_read_unlock(mm);
-	return ret;
+	return cmd == PHXFS_IOCTL_MAP ? phxfs_map(filp, &req) :
+					phxfs_unmap(filp, &req);
 }
-
-static int phxfs_ioctl_info(struct phxfs_dev *dev, void __user *arg)
-{
-	struct phxfs_ioctl_info info = {};
-	u32 size;
-
-	if (get_user(size, (u32 __user *)arg))
-		return -EFAULT;
-	if (size != sizeof(info))
-		return -EINVAL;
-	info.size = sizeof(info);
-	info.abi_version = PHXFS_ABI_VERSION;
-	info.provider = dev->ops->id;
-	info.bar_size = dev->bar_size;
-	info.page_size = dev->page_size;
-	info.pci_domain = pci_domain_nr(dev->pdev->bus);
-	info.pci_bus = dev->pdev->bus->number;
-	info.pci_devfn = dev->pdev->devfn;
-	strscpy(info.name, dev->ops->name, sizeof(info.name));
-	return copy_to_user(arg, &info, sizeof(info)) ? -EFAULT : 0;
-}
-
-static long phxfs_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
-{
-	struct phxfs_dev *dev = filp->private_data;
-	void __user *uarg = (void __user *)arg;
-	long ret;
-
-	switch (cmd) {
-	case PHXFS_IOCTL_INFO:
-		ret = phxfs_ioctl_info(dev, uarg);
-		break;
-	case PHXFS_IOCTL_MAP:
-	case PHXFS_IOCTL_UNMAP:
-		ret = phxfs_ioctl_map_unmap(filp, cmd, uarg);
-		break;
-	default:
-		ret = -ENOTTY;
-	}
-	if (ret && ret != -ENOTTY) {
-		atomic64_inc(&dev->stats.errors);
-		phxfs_dbg(dev, "ioctl %x: %ld\n", cmd, ret);
-	}
-	return ret;
-}
-
-static int phxfs_open(struct inode *inode, struct file *filp)
-{
-	filp->private_data = container_of(inode->i_cdev, struct phxfs_dev,
-					  cdev);
-	return 0;
-}
-
-const struct file_operations phxfs_fops = {
-	.owner = THIS_MODULE,
-	.open = phxfs_open,
-	.mmap = phxfs_mmap,
-	.unlocked_ioctl = phxfs_ioctl,
-	.compat_ioctl = compat_ptr_ioctl,
-};

@@ -68,17 +68,17 @@ struct nvidia_p2p_page_table {
 
 /*
  * Pins [virtual_address, + length) of cudaMalloc'ed memory (64 KiB aligned)
- * and returns its pages; free_callback(data) runs when the memory is freed
- * while pinned. In the callback, the caller may not call put_pages, only
- * free_page_table.
+ * of the calling process and returns its pages. The memory stays allocated
+ * until nvidia_p2p_put_pages_persistent(), whatever the process does with it
+ * meanwhile (cudaFree, exit), so no free callback can pull it from under
+ * pages that are still referenced. Drivers refuse (-ENOTSUPP) on MIG-enabled
+ * GPUs and vGPU. flags: 0.
  */
-int nvidia_p2p_get_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
-			 u64 length, struct nvidia_p2p_page_table **page_table,
-			 void (*free_callback)(void *data),
-			 void *data) PHXFS_NV_P2P_REF;
-int nvidia_p2p_put_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
-			 struct nvidia_p2p_page_table *page_table) PHXFS_NV_P2P_REF;
-int nvidia_p2p_free_page_table(struct nvidia_p2p_page_table *page_table)
-	PHXFS_NV_P2P_REF;
+int nvidia_p2p_get_pages_persistent(u64 virtual_address, u64 length,
+				    struct nvidia_p2p_page_table **page_table,
+				    u32 flags) PHXFS_NV_P2P_REF;
+int nvidia_p2p_put_pages_persistent(u64 virtual_address,
+				    struct nvidia_p2p_page_table *page_table,
+				    u32 flags) PHXFS_NV_P2P_REF;
 
 #endif /* PHXFS_NV_P2P_ABI_H */

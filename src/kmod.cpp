@@ -6,7 +6,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace phxfs::core {
 
@@ -14,6 +16,21 @@ namespace {
 // One MAP ioctl maps at most this much; larger registrations are several MAPs
 // into one VMA, so the caller still sees one contiguous address.
 constexpr uint64_t kMapStep = 1ull << 30;
+
+// What the module means by the errors only MAP returns (kmod/map.c).
+std::string map_error_hint(int err) {
+    switch (err) {
+    case EBUSY:
+        return " (the device range is held by another open file of the device, or still "
+               "referenced by one that gave it up)";
+    case EOPNOTSUPP:
+        return " (the GPU driver refuses persistent P2P pages, as on MIG-enabled GPUs and vGPU)";
+    case ENOSPC:
+        return " (too many mappings on one open file of the device)";
+    default:
+        return "";
+    }
+}
 } // namespace
 
 std::string kmod_node_path(int index) {
@@ -64,13 +81,13 @@ void KmodMapping::add(uint64_t dev_addr, uint64_t vaddr, uint64_t len) {
     req.dev_addr = dev_addr;
     req.len = len;
     req.vaddr = vaddr;
-    if (::ioctl(fd_, PHXFS_IOCTL_MAP, &req) < 0)
-        fail_errno("PHXFS_IOCTL_MAP of " + std::to_string(len) + " bytes at device address 0x" +
-                   [&] {
-                       char b[24];
-                       std::snprintf(b, sizeof b, "%llx", (unsigned long long)dev_addr);
-                       return std::string(b);
-                   }());
+    if (::ioctl(fd_, PHXFS_IOCTL_MAP, &req) < 0) {
+        const int err = errno;
+        char addr[24];
+        std::snprintf(addr, sizeof addr, "%llx", (unsigned long long)dev_addr);
+        fail(err, "PHXFS_IOCTL_MAP of " + std::to_string(len) + " bytes at device address 0x" +
+                      addr + ": " + std::strerror(err) + map_error_hint(err));
+    }
     pieces_.push_back({dev_addr, vaddr, len});
 }
 

@@ -6,10 +6,16 @@
 
 #include "../unit/testutil.hpp"
 
+#include <phxfs/phxfs_ioctl.h>
+
+#include <sys/ioctl.h>
+
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 
 namespace phxguest {
 
@@ -44,6 +50,45 @@ inline void hostcheck_bar(uint64_t bar, uint64_t disk, uint64_t len) {
     std::fflush(stdout);
 }
 
+// errno of a MAP or UNMAP ioctl (cmd) on a phxfs node, 0 if it succeeded.
+inline int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void *va) {
+    phxfs_ioctl_map r{};
+    r.size = sizeof r;
+    r.dev_addr = dev;
+    r.len = len;
+    r.vaddr = reinterpret_cast<uint64_t>(va);
+    errno = 0;
+    return ::ioctl(fd, cmd, &r) < 0 ? errno : 0;
+}
+
+// A number in a sysfs/debugfs file, -1 if it cannot be read.
+inline int64_t read_number(const std::string &path) {
+    std::ifstream in(path);
+    int64_t v = -1;
+    in >> v;
+    return v;
+}
+
+// Counter name of /dev/phxfsN.
+inline int64_t phx_counter(int dev, const char *name) {
+    return read_number("/sys/class/phxfs/phxfs" + std::to_string(dev) + "/" + name);
+}
+
+// Waits up to seconds for phx_counter(dev, name) to become want (the
+// module drains pins in the background); returns the last value seen.
+inline int64_t wait_counter(int dev, const char *name, int64_t want, double seconds = 10) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int64_t v;
+    while ((v = phx_counter(dev, name)) != want && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return v;
+}
+
+// GPU pages the stand-in keeps out of reuse: freed, still pinned.
+inline int64_t gpu_held() {
+    return read_number("/sys/kernel/debug/nvstub/held");
+}
+
 // The stand-in's cudaMalloc: a GPU virtual address of bytes of GPU memory.
 inline uint64_t gpu_alloc(uint64_t bytes) {
     std::ofstream("/sys/kernel/debug/nvstub/alloc") << bytes;
@@ -53,7 +98,7 @@ inline uint64_t gpu_alloc(uint64_t bytes) {
     return va;
 }
 
-// The stand-in's cudaFree: free callbacks run before it returns.
+// The stand-in's cudaFree: the address goes at once, pinned pages later.
 inline void gpu_free(uint64_t va) {
     std::ofstream("/sys/kernel/debug/nvstub/free") << va;
 }

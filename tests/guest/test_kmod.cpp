@@ -330,23 +330,88 @@ TEST_F(Kmod, ForkWhileMapped) {
         ::close(f);
 }
 
-TEST_F(Kmod, TwoProcessesShareDeviceMemory) {
+// A BAR range belongs to the open file that mapped it: another process (or
+// another open file) gets EBUSY until the owner lets go.
+TEST_F(Kmod, RangesBelongToTheirOpenFile) {
     const uint64_t off = bar_base() + (2 << 20);
-    uint8_t *va = vma(kPage);
-    ASSERT_EQ(do_map(fd_, off, kPage, va), 0);
-    std::memset(va, 0, kPage);
+    uint8_t *va = vma(2 * kPage);
+    ASSERT_EQ(do_map(fd_, off, 2 * kPage, va), 0);
+    std::memset(va, 0x11, 2 * kPage);
+    auto other = [&](uint64_t dev) {
+        return in_child([&] {
+            const int fd = ::open(kNode, O_RDWR);
+            auto *p = static_cast<uint8_t *>(
+                ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+            if (fd < 0 || p == MAP_FAILED)
+                _exit(3);
+            const int err = do_map(fd, dev, kPage, p);
+            if (err == 0)
+                std::memset(p, 0xc3, kPage);
+            _exit(err == 0 ? 0 : err == EBUSY ? 16 : 4);
+        });
+    };
+    EXPECT_EQ(WEXITSTATUS(other(off + kPage)), 16) << "another file mapped an owned range";
+    EXPECT_EQ(va[kPage], 0x11);
+    EXPECT_EQ(do_unmap(fd_, off, 2 * kPage, va), 0);
+    EXPECT_EQ(WEXITSTATUS(other(off + kPage)), 0) << "free once its owner let go";
+}
+
+// mmap file offsets come from a bounded set of slots that munmap gives
+// back: the first module's ever-growing offset counter overflowed.
+TEST_F(Kmod, MmapSlotsAreBoundedAndReused) {
+    std::vector<void *> v;
+    for (;;) {
+        void *va = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+        if (va == MAP_FAILED)
+            break;
+        v.push_back(va);
+    }
+    EXPECT_EQ(errno, ENOMEM);
+    EXPECT_EQ(v.size(), 1024u) << "per-file cap on mmaps";
+    ASSERT_EQ(::munmap(v.back(), kPage), 0);
+    v.pop_back();
+    void *again = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    EXPECT_NE(again, MAP_FAILED) << "a slot comes back with munmap";
+    v.push_back(again);
+    for (void *va : v)
+        ::munmap(va, kPage);
+}
+
+// As many mmap/munmap cycles of the largest VMA that fits as it took to push
+// the first module's offset counter past 2^51 pages (where a byte offset no
+// longer fits a loff_t): after them, UNMAP must still remove the pages.
+TEST_F(Kmod, UnmapStillZapsAfterManyHugeMmaps) {
+    uint64_t huge = 0;
+    for (uint64_t tib = 120; tib >= 8 && !huge; tib -= 8) {
+        void *va = ::mmap(nullptr, tib << 40, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+        if (va != MAP_FAILED) {
+            huge = tib << 40;
+            ::munmap(va, huge);
+        }
+    }
+    ASSERT_NE(huge, 0u) << "no room for an 8 TiB VMA";
+    const uint64_t cycles = (1ull << 51) / (huge / kPage) + 2;
+    for (uint64_t i = 0; i < cycles; ++i) {
+        void *va = ::mmap(nullptr, huge, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+        ASSERT_NE(va, MAP_FAILED) << "cycle " << i << ": " << strerror(errno);
+        ASSERT_EQ(::munmap(va, huge), 0);
+    }
+    std::printf("%llu cycles of %llu TiB mmaps\n", (unsigned long long)cycles,
+                (unsigned long long)(huge >> 40));
+    const uint64_t base = bar_base();
     const int status = in_child([&] {
-        const int fd = ::open(kNode, O_RDWR);
-        auto *p = static_cast<uint8_t *>(
-            ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-        if (fd < 0 || p == MAP_FAILED || do_map(fd, off, kPage, p))
+        auto *va = static_cast<uint8_t *>(
+            ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0));
+        if (va == MAP_FAILED || do_map(fd_, base, kPage, va))
             _exit(3);
-        std::memset(p, 0xc3, kPage);
-        _exit(0);
+        va[0] = 1;
+        if (do_unmap(fd_, base, kPage, va))
+            _exit(5);
+        volatile uint8_t x = va[0]; // must fault: the page is gone
+        (void)x;
+        _exit(4);
     });
-    ASSERT_EQ(status, 0);
-    EXPECT_EQ(va[0], 0xc3);
-    EXPECT_EQ(va[kPage - 1], 0xc3);
+    EXPECT_TRUE(killed_by(status, SIGBUS)) << "status " << status;
 }
 
 TEST_F(Kmod, ManyMapsAndThreads) {

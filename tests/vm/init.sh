@@ -23,7 +23,7 @@ for d in /sys/bus/pci/devices/*; do
 	[ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] || continue
 	set -- $(sed -n 3p "$d/resource")
 	if [ $(($2 - $1 + 1)) = $((512 << 20)) ]; then
-		bdf=${d##*/}
+		bdf=${d##*/} barstart=$1
 		echo "BAR $bdf $1 $2"
 	else
 		gpubdf=${d##*/}
@@ -31,16 +31,63 @@ for d in /sys/bus/pci/devices/*; do
 	fi
 done
 
+# Loads that fail (fault injection at each step of adding a device, a BAR
+# that is not prefetchable) must give back everything: no BAR region left in
+# /proc/iomem (whose name would point into the unloaded module).
+loads_fail_clean=pass
+for step in 1 2 3 4 5; do
+	if insmod /phxfs.ko "pcibar=$bdf@2" fail_add=$step 2>/dev/null; then
+		echo "fail_add=$step: the load succeeded"; loads_fail_clean=fail; rmmod phxfs
+	fi
+	if grep -q phxfs /proc/iomem; then
+		echo "fail_add=$step: $(grep phxfs /proc/iomem)"; loads_fail_clean=fail
+	fi
+done
+result failed_loads_leave_nothing $loads_fail_clean
+if ! insmod /phxfs.ko "pcibar=$bdf@0" 2>/dev/null && dmesg | grep -q "BAR0 is not prefetchable" &&
+	! grep -q phxfs /proc/iomem; then
+	result non_prefetchable_bar_refused pass
+else
+	result non_prefetchable_bar_refused fail
+	rmmod phxfs 2>/dev/null
+fi
+
 # Without the stand-in, phxfs.ko serves pcibar alone and says why not GPUs.
 if insmod /phxfs.ko "pcibar=$bdf@2" && [ -c /dev/phxfs0 ] && [ ! -e /dev/phxfs1 ] &&
 	dmesg | grep -q "nvidia provider unavailable" &&
-	grep -q "^unavailable" /sys/module/phxfs/parameters/nvidia_status && rmmod phxfs; then
+	grep -q "^unavailable: no NVIDIA driver" /sys/module/phxfs/parameters/nvidia_status &&
+	grep -q "mem $barstart-.*write-combining" /sys/kernel/debug/x86/pat_memtype_list &&
+	rmmod phxfs; then
 	result pcibar_alone_without_nvidia_driver pass
 else
 	result pcibar_alone_without_nvidia_driver fail
 fi
 
+# NVIDIA's proprietary module exports its p2p symbols to modules that use no
+# GPL-only kernel symbols, which phxfs does: phxfs loads anyway and says why
+# it cannot serve the GPU (a stand-in under the NVIDIA license shows it).
+if insmod /nvstub_prop.ko "bdf=$gpubdf"; then
+	if insmod /phxfs.ko "pcibar=$bdf@2" && [ -c /dev/phxfs0 ] && [ ! -e /dev/phxfs1 ] &&
+		grep -q "could not be linked.*nvidia-open" /sys/module/phxfs/parameters/nvidia_status
+	then
+		result proprietary_nvidia_driver_explained pass
+	else
+		result proprietary_nvidia_driver_explained fail
+	fi
+	rmmod phxfs 2>/dev/null
+	rmmod nvstub_prop
+else
+	result proprietary_nvidia_driver_explained fail
+fi
+
 insmod /nvstub.ko "bdf=$gpubdf" || echo "nvstub did not load"
+# The stand-in binds its device as the real driver does; phxfs serves only
+# devices bound to "nvidia".
+if [ "$(basename "$(readlink /sys/bus/pci/devices/$gpubdf/driver)")" = nvidia ]; then
+	result nvstub_bound_as_nvidia pass
+else
+	result nvstub_bound_as_nvidia fail
+fi
 if insmod /phxfs.ko "pcibar=$bdf@2" "nvidia_extra=$gpubdf@2" debug=0; then
 	result kmod_load pass
 else
@@ -73,6 +120,13 @@ for t in /tests/*; do
 	fi
 	echo "EXIT ${t##*/} $?"
 done
+# The seeded fuzzer of the module's user ABI (a boot of its own, see run.sh).
+if [ "$mode" = fuzz ]; then
+	set -- $(cat /fuzz)
+	echo "RUN phxfs_kmod_fuzz"
+	/tests/phxfs_kmod_fuzz --seed "$1" --ops "$2" --seconds "$3" </dev/null
+	echo "EXIT phxfs_kmod_fuzz $?"
+fi
 for t in /extra/*; do
 	[ -f "$t" ] && [ -x "$t" ] || continue
 	echo "EXTRA ${t##*/}"
@@ -82,17 +136,34 @@ done
 
 umount /mnt/fs 2>/dev/null
 for c in /sys/class/phxfs/phxfs*; do
+	for i in $(seq 50); do # pins drain in the background
+		[ "$(cat $c/draining)" = 0 ] && [ "$(cat $c/pinned_bytes)" = 0 ] && break
+		sleep 0.2
+	done
 	echo "COUNTERS ${c##*/} maps $(cat $c/maps) unmaps $(cat $c/unmaps)" \
-		"errors $(cat $c/errors) revokes $(cat $c/revokes)" \
+		"errors $(cat $c/errors) draining $(cat $c/draining)" \
+		"pinned_bytes $(cat $c/pinned_bytes)" \
 		"mapped_bytes $(cat $c/mapped_bytes) mapped_total $(cat $c/mapped_total)" \
 		"pages_busy $(cat $c/pages_busy)"
-	if [ "$(cat $c/mapped_bytes)" = 0 ] && [ "$(cat $c/pages_busy)" = 0 ]; then
+	if [ "$(cat $c/mapped_bytes)" = 0 ] && [ "$(cat $c/pages_busy)" = 0 ] &&
+		[ "$(cat $c/draining)" = 0 ] && [ "$(cat $c/pinned_bytes)" = 0 ]; then
 		result "counters_back_to_zero_${c##*/}" pass
 	else
 		result "counters_back_to_zero_${c##*/}" fail
 	fi
 done
 if rmmod phxfs && rmmod nvstub; then result kmod_unload pass; else result kmod_unload fail; fi
+# Every reference phxfs took on the pcibar device (failed loads included)
+# was dropped: removing the device frees its kobject.
+echo "file lib/kobject.c +p" >/sys/kernel/debug/dynamic_debug/control 2>/dev/null
+echo 1 >"/sys/bus/pci/devices/$bdf/remove"
+sleep 1
+if dmesg | grep -q "'$bdf' (.*): kobject_cleanup"; then
+	result pci_device_references_dropped pass
+else
+	result pci_device_references_dropped fail
+fi
+echo "file lib/kobject.c -p" >/sys/kernel/debug/dynamic_debug/control 2>/dev/null
 echo "DMESG-BEGIN"
 dmesg
 echo "DMESG-END"

@@ -5,30 +5,36 @@
 # image) and QEMU's DMA trace. Ends with the line "N passed, N failed".
 #
 #   tests/vm/run.sh [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR]
-#                   [--demo] [--keep]
+#                   [--demo] [--fuzz SECONDS] [--keep]
 #
 # --extra DIR  copies DIR into the guest as /extra and runs each executable
 #              file at its top after the tests (/dev/phxfs0 and the disks ready,
 #              ext4 at /mnt/fs), output shown; their exit status counts.
 # --demo       runs the direct-path demo only (make demo).
+# --fuzz S     runs the module fuzzer only, for S seconds (make fuzz).
+# Every test run also fuzzes PHXFS_FUZZ_OPS operations (10000) with seed
+# PHXFS_FUZZ_SEED (default: the time); the seed is printed for replay.
 # Kernel packages are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-kernels=all build=build extra="" mode=tests keep=0
+kernels=all build=build extra="" mode=tests keep=0 fuzz_seconds=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--kernel) kernels=$2; shift ;;
 	--build) build=$2; shift ;;
 	--extra) extra=$(cd "$2" && pwd); shift ;;
 	--demo) mode=demo ;;
+	--fuzz) mode=fuzz fuzz_seconds=$2; shift ;;
 	--keep) keep=1 ;;
-	*) echo "usage: $0 [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR] [--demo] [--keep]" >&2
+	*) echo "usage: $0 [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR] [--demo] [--fuzz S] [--keep]" >&2
 	   exit 2 ;;
 	esac
 	shift
 done
 [ "$kernels" = all ] && kernels="6.1 6.12"
+fuzz_seed=${PHXFS_FUZZ_SEED:-$(date +%s)}
+echo "== fuzzer seed $fuzz_seed (PHXFS_FUZZ_SEED=$fuzz_seed replays it)"
 build=$(cd "$repo" && mkdir -p "$build" && cd "$build" && pwd)
 cache=${PHXFS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phxfs/vm}
 guest_bin=$build/tests/vm/guest-bin
@@ -48,13 +54,18 @@ copy_libs() {
 }
 
 make_initramfs() {
-	local kver=$1 work=$2 root=$2/initramfs m f
+	local kver=$1 work=$2 mode=$3 root=$2/initramfs m f
 	rm -rf "$root"
 	mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,mnt,tests,extra,lib/modules}
 	cp /bin/busybox "$root/bin/"
 	for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
 	cp "$here/init.sh" "$root/init"
 	echo "$mode" >"$root/mode"
+	if [ "$fuzz_seconds" != 0 ]; then
+		echo "$fuzz_seed 1000000000 $fuzz_seconds" >"$root/fuzz"
+	else
+		echo "$fuzz_seed ${PHXFS_FUZZ_OPS:-10000} 0" >"$root/fuzz"
+	fi
 	# NVMe and ext4, in dependency order, decompressed for busybox insmod.
 	: >"$root/modules.list"
 	for m in $(for n in nvme ext4 crc32c_generic; do
@@ -69,7 +80,8 @@ make_initramfs() {
 		esac
 		echo "/lib/modules/$f" >>"$root/modules.list"
 	done
-	cp "$work/kmod/phxfs.ko" "$work/nvstub/nvstub.ko" "$root/"
+	cp "$work/../kmod/phxfs.ko" "$work/../nvstub/nvstub.ko" "$work/../nvstub_prop/nvstub_prop.ko" \
+		"$root/"
 	for f in "$guest_bin"/*; do
 		cp "$f" "$root/tests/"
 		copy_libs "$root" "$f"
@@ -85,33 +97,18 @@ make_initramfs() {
 	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
 }
 
-run_kernel() {
-	local line=$1 kver work t0
-	kver=$("$here/kernel.sh" resolve "$line")
-	work=$build/vm/$kver
-	echo "== VM suite on $kver"
-	"$here/kernel.sh" fetch "$kver" "$cache/$kver"
-	rm -rf "$work" && mkdir -p "$work/kmod" "$work/nvstub"
-	cp "$repo"/kmod/{Kbuild,*.c,*.h} "$work/kmod/"
-	cp "$here"/nvstub/{Kbuild,*.c} "$work/nvstub/"
-	# The stand-in first: phxfs.ko takes the CRCs of the nvidia_p2p symbols
-	# from its Module.symvers, as it takes them from the NVIDIA driver's.
-	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub" \
-		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	make -s -C "/usr/src/linux-headers-$kver" M="$work/kmod" \
-		PHXFS_INCLUDE="$repo/include" KBUILD_EXTRA_SYMBOLS="$work/nvstub/Module.symvers" \
-		W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	for m in kmod/phxfs.ko nvstub/nvstub.ko; do
-		[ -f "$work/$m" ] || { echo "$m did not build for $kver"; return 1; }
-	done
-	make_initramfs "$kver" "$work"
+# One boot of the guest in mode (tests, fuzz, demo), its files in work.
+boot() {
+	local kver=$1 work=$2 mode=$3 t0
+	rm -rf "$work" && mkdir -p "$work"
+	make_initramfs "$kver" "$work" "$mode"
 	truncate -s 1G "$work/disk.img"
 	truncate -s 512M "$work/ivshmem.bin"
 	truncate -s 256M "$work/gpu.bin"
 	truncate -s 256M "$work/fs.img"
 	mkfs.ext4 -q -F "$work/fs.img"
 	t0=$(date +%s)
-	timeout 1200 qemu-system-x86_64 -machine q35,accel=tcg -m 2G -smp 2 \
+	timeout $((1200 + fuzz_seconds)) qemu-system-x86_64 -machine q35,accel=tcg -m 2G -smp 2 \
 		-display none -monitor none -no-reboot -net none \
 		-kernel "$cache/$kver/vmlinux" -initrd "$work/initrd.gz" \
 		-append "console=ttyS0 panic=-1 quiet" \
@@ -123,8 +120,44 @@ run_kernel() {
 		-object "memory-backend-file,id=gpu,size=256M,mem-path=$work/gpu.bin,share=on" \
 		-device ivshmem-plain,memdev=gpu \
 		-trace "enable=pci_nvme_map_addr,file=$work/dma.log" || echo "qemu exited with $?"
-	echo "VM wall time: $(($(date +%s) - t0)) s"
-	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode"
+	echo "VM wall time ($mode): $(($(date +%s) - t0)) s"
+	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode" |
+		tee "$work/check.log"
+	[ "$keep" = 1 ] || rm -f "$work"/{disk.img,fs.img,ivshmem.bin,gpu.bin,initrd.gz}
+}
+
+run_kernel() {
+	local line=$1 kver work m p f pass=0 fail=0 boots=$mode
+	kver=$("$here/kernel.sh" resolve "$line")
+	work=$build/vm/$kver
+	echo "== VM suite on $kver"
+	"$here/kernel.sh" fetch "$kver" "$cache/$kver"
+	rm -rf "$work" && mkdir -p "$work/kmod" "$work/nvstub" "$work/nvstub_prop"
+	cp "$repo"/kmod/{Kbuild,*.c,*.h} "$work/kmod/"
+	cp "$here"/nvstub/{Kbuild,*.c} "$work/nvstub/"
+	cp "$here"/nvstub_prop/{Kbuild,*.c} "$work/nvstub_prop/"
+	# The stand-in first: phxfs.ko takes the CRCs of the nvidia_p2p symbols
+	# from its Module.symvers, as it takes them from the NVIDIA driver's.
+	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub" \
+		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub_prop" \
+		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	make -s -C "/usr/src/linux-headers-$kver" M="$work/kmod" \
+		PHXFS_INCLUDE="$repo/include" KBUILD_EXTRA_SYMBOLS="$work/nvstub/Module.symvers" \
+		W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	for m in kmod/phxfs.ko nvstub/nvstub.ko nvstub_prop/nvstub_prop.ko; do
+		[ -f "$work/$m" ] || { echo "$m did not build for $kver"; return 1; }
+	done
+	# The fuzzer boots on its own: it scribbles over device memory and disk
+	# that the tests' host checks read after the VM stops.
+	[ "$mode" = tests ] && [ "${PHXFS_FUZZ_OPS:-10000}" != 0 ] && boots="tests fuzz"
+	for m in $boots; do
+		boot "$kver" "$work/$m" "$m"
+		p=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$work/$m/check.log")
+		f=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$work/$m/check.log")
+		pass=$((pass + ${p:-0})) fail=$((fail + ${f:-1}))
+	done
+	echo "$pass passed, $fail failed"
 }
 
 total_pass=0 total_fail=0 status=0
@@ -137,7 +170,6 @@ for k in $kernels; do
 	f=$(echo "$out" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
 	if [ -z "$p" ]; then p=0 f=$((f + 1)); fi
 	total_pass=$((total_pass + p)) total_fail=$((total_fail + ${f:-1}))
-	[ "$keep" = 1 ] || rm -f "$build"/vm/*/{disk.img,fs.img,ivshmem.bin,gpu.bin,initrd.gz}
 done
 echo "== all kernels ($kernels)"
 echo "$total_pass passed, $total_fail failed"

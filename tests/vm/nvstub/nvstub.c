@@ -1,18 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * A stand-in for the NVIDIA driver's peer-to-peer interface, for phxfs's VM
- * suite only (never installed): it exports nvidia_p2p_get_pages() and its
- * companions over an ivshmem BAR, so that phxfs.ko's real nvidia provider
- * runs in QEMU. "GPU memory" is handed out in 64 KiB pages at made-up GPU
- * virtual addresses, with neighbouring pages swapped in the BAR so that only
- * a provider that reads the page table finds the right bytes.
+ * A stand-in for the NVIDIA driver's persistent peer-to-peer interface, for
+ * phxfs's VM suite only (never installed): it binds the ivshmem device named
+ * by bdf as a PCI driver called "nvidia" and exports
+ * nvidia_p2p_get_pages_persistent() and nvidia_p2p_put_pages_persistent()
+ * over its BAR, so that phxfs.ko's real nvidia provider runs in QEMU. "GPU
+ * memory" is handed out in 64 KiB pages at made-up GPU virtual addresses,
+ * with neighbouring pages swapped in the BAR so that only a provider that
+ * reads the page table finds the right bytes.
+ *
+ * As the real driver promises for persistent pins: freeing memory (cudaFree)
+ * removes its virtual address at once, but its GPU pages go back to the
+ * allocator only when the last persistent pin of them is put. A new
+ * allocation takes the lowest free GPU pages, so memory given back too early
+ * is handed to the next allocation, which the tests look for.
  *
  * debugfs, /sys/kernel/debug/nvstub/:
  *   alloc  write a byte count; read back "VA" of the last allocation
- *   free   write a VA: frees it like cudaFree, calling free callbacks first
+ *   free   write a VA: frees it like cudaFree
  *   pages  read: one "VA BAR_OFFSET" line per 64 KiB page allocated
+ *   held   read: GPU pages freed but still pinned
+ *   fail   write N: the Nth pin request from now fails with -ENOMEM (0: off)
  *   bar    read and write the BAR at file offset = BAR offset (what a GPU's
  *          copy engine would do; the fake CUDA driver's memcpy uses it)
+ * Module parameter persistent=0 makes pins fail with -ENOTSUPP, as on a
+ * MIG-enabled GPU.
  */
 #include <linux/bitmap.h>
 #include <linux/io.h>
@@ -36,21 +48,24 @@ MODULE_PARM_DESC(bdf, "PCI device whose BAR is the GPU memory");
 static int bar = 2;
 module_param(bar, int, 0444);
 MODULE_PARM_DESC(bar, "BAR number");
+static bool persistent = true;
+module_param(persistent, bool, 0644);
+MODULE_PARM_DESC(persistent, "Grant persistent pins (0: refuse, as MIG does)");
 
 struct stub_alloc {
-	struct list_head node;
+	struct list_head node;		/* on stub.allocs, or stub.freed */
 	u64 va;
 	unsigned long npages;
 	unsigned long *page;		/* BAR page index of each GPU page */
+	int pins;
+	bool freed;
 };
 
 struct stub_reg {
 	struct list_head node;
-	struct stub_alloc *alloc;	/* NULL once freed under the pin */
+	struct stub_alloc *alloc;
 	struct nvidia_p2p_page_table table;
 	struct nvidia_p2p_page *pages;
-	void (*callback)(void *data);
-	void *data;
 };
 
 static struct {
@@ -62,8 +77,10 @@ static struct {
 	unsigned long *used;
 	u64 next_va;
 	u64 last_va;
+	int fail_in;
 	struct mutex lock;
-	struct list_head allocs;
+	struct list_head allocs;	/* live: have a virtual address */
+	struct list_head freed;		/* freed, pages still pinned */
 	struct list_head regs;
 	struct dentry *dir;
 } stub;
@@ -78,7 +95,7 @@ static struct stub_alloc *stub_find(u64 va, u64 len)
 	return NULL;
 }
 
-static int stub_alloc(u64 bytes)
+static int __maybe_unused stub_alloc(u64 bytes)
 {
 	unsigned long n = DIV_ROUND_UP(bytes, GPU_PAGE), i, p = 0;
 	struct stub_alloc *a;
@@ -117,6 +134,37 @@ err_full:
 	return -ENOSPC;
 }
 
+/* The GPU pages go back to the allocator: only when nothing pins them. */
+static void stub_alloc_destroy(struct stub_alloc *a)
+{
+	unsigned long i;
+
+	list_del(&a->node);
+	for (i = 0; i < a->npages; i++)
+		clear_bit(a->page[i], stub.used);
+	kfree(a->page);
+	kfree(a);
+}
+
+/* cudaFree: the address goes now, the pages when the last pin does. */
+static int __maybe_unused stub_free(u64 va)
+{
+	struct stub_alloc *a = NULL, *it;
+
+	mutex_lock(&stub.lock);
+	list_for_each_entry(it, &stub.allocs, node)
+		if (it->va == va)
+			a = it;
+	if (a && a->pins) {
+		a->freed = true;
+		list_move_tail(&a->node, &stub.freed);
+	} else if (a) {
+		stub_alloc_destroy(a);
+	}
+	mutex_unlock(&stub.lock);
+	return a ? 0 : -EINVAL;
+}
+
 static void stub_reg_free(struct stub_reg *r)
 {
 	list_del(&r->node);
@@ -125,54 +173,18 @@ static void stub_reg_free(struct stub_reg *r)
 	kfree(r);
 }
 
-/* cudaFree: every pin of the memory gets its callback, then it is gone. */
-static int stub_free(u64 va)
-{
-	struct stub_alloc *a = NULL, *it;
-	struct stub_reg *r;
-	unsigned long i;
-
-	mutex_lock(&stub.lock);
-	list_for_each_entry(it, &stub.allocs, node)
-		if (it->va == va)
-			a = it;
-	if (!a) {
-		mutex_unlock(&stub.lock);
-		return -EINVAL;
-	}
-	list_del(&a->node);
-	for (;;) {
-		struct stub_reg *found = NULL;
-
-		list_for_each_entry(r, &stub.regs, node)
-			if (r->alloc == a)
-				found = r;
-		if (!found)
-			break;
-		found->alloc = NULL;
-		/* As the real driver may, call back without our lock held. */
-		mutex_unlock(&stub.lock);
-		found->callback(found->data);
-		mutex_lock(&stub.lock);
-	}
-	for (i = 0; i < a->npages; i++)
-		clear_bit(a->page[i], stub.used);
-	mutex_unlock(&stub.lock);
-	kfree(a->page);
-	kfree(a);
-	return 0;
-}
-
-int nvidia_p2p_get_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
-			 u64 length, struct nvidia_p2p_page_table **page_table,
-			 void (*free_callback)(void *data), void *data)
+int nvidia_p2p_get_pages_persistent(u64 virtual_address, u64 length,
+				    struct nvidia_p2p_page_table **page_table,
+				    u32 flags)
 {
 	unsigned long first, i, n = length / GPU_PAGE;
 	struct stub_alloc *a;
 	struct stub_reg *r;
+	int ret = -EINVAL;
 
-	if (!IS_ALIGNED(virtual_address | length, GPU_PAGE) || !length ||
-	    !free_callback)
+	if (!persistent)
+		return -ENOTSUPP;
+	if (!IS_ALIGNED(virtual_address | length, GPU_PAGE) || !length || flags)
 		return -EINVAL;
 	r = kzalloc(sizeof(*r), GFP_KERNEL);
 	if (!r)
@@ -180,20 +192,17 @@ int nvidia_p2p_get_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
 	r->pages = kcalloc(n, sizeof(*r->pages), GFP_KERNEL);
 	r->table.pages = kcalloc(n, sizeof(*r->table.pages), GFP_KERNEL);
 	if (!r->pages || !r->table.pages) {
-		kfree(r->pages);
-		kfree(r->table.pages);
-		kfree(r);
-		return -ENOMEM;
+		ret = -ENOMEM;
+		goto err_free;
 	}
 	mutex_lock(&stub.lock);
-	a = stub_find(virtual_address, length);
-	if (!a) {
-		mutex_unlock(&stub.lock);
-		kfree(r->pages);
-		kfree(r->table.pages);
-		kfree(r);
-		return -EINVAL;
+	if (stub.fail_in && !--stub.fail_in) {
+		ret = -ENOMEM;
+		goto err_unlock;
 	}
+	a = stub_find(virtual_address, length);
+	if (!a)
+		goto err_unlock;
 	first = (virtual_address - a->va) / GPU_PAGE;
 	for (i = 0; i < n; i++) {
 		r->pages[i].physical_address = stub.start +
@@ -204,45 +213,49 @@ int nvidia_p2p_get_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
 	r->table.page_size = NVIDIA_P2P_PAGE_SIZE_64KB;
 	r->table.entries = n;
 	r->alloc = a;
-	r->callback = free_callback;
-	r->data = data;
+	a->pins++;
 	list_add_tail(&r->node, &stub.regs);
 	mutex_unlock(&stub.lock);
 	*page_table = &r->table;
 	return 0;
+
+err_unlock:
+	mutex_unlock(&stub.lock);
+err_free:
+	kfree(r->pages);
+	kfree(r->table.pages);
+	kfree(r);
+	return ret;
 }
-EXPORT_SYMBOL(nvidia_p2p_get_pages);
+EXPORT_SYMBOL(nvidia_p2p_get_pages_persistent);
 
-static struct stub_reg *stub_reg_of(struct nvidia_p2p_page_table *t)
+int nvidia_p2p_put_pages_persistent(u64 virtual_address,
+				    struct nvidia_p2p_page_table *page_table,
+				    u32 flags)
 {
-	struct stub_reg *r;
-
-	list_for_each_entry(r, &stub.regs, node)
-		if (&r->table == t)
-			return r;
-	return NULL;
-}
-
-int nvidia_p2p_put_pages(u64 p2p_token, u32 va_space, u64 virtual_address,
-			 struct nvidia_p2p_page_table *page_table)
-{
-	struct stub_reg *r;
+	struct stub_reg *r, *found = NULL;
+	struct stub_alloc *a;
 
 	mutex_lock(&stub.lock);
-	r = stub_reg_of(page_table);
-	if (r)
-		stub_reg_free(r);
+	list_for_each_entry(r, &stub.regs, node)
+		if (&r->table == page_table)
+			found = r;
+	if (found) {
+		a = found->alloc;
+		stub_reg_free(found);
+		if (!--a->pins && a->freed)
+			stub_alloc_destroy(a);
+	}
 	mutex_unlock(&stub.lock);
-	return r ? 0 : -EINVAL;
+	return found ? 0 : -EINVAL;
 }
-EXPORT_SYMBOL(nvidia_p2p_put_pages);
+EXPORT_SYMBOL(nvidia_p2p_put_pages_persistent);
 
-int nvidia_p2p_free_page_table(struct nvidia_p2p_page_table *page_table)
-{
-	return nvidia_p2p_put_pages(0, 0, 0, page_table);
-}
-EXPORT_SYMBOL(nvidia_p2p_free_page_table);
-
+/*
+ * The debugfs files. NVIDIA's license may not use debugfs (GPL-only), so the
+ * proprietary variant (../nvstub_prop) has none: it only has to load.
+ */
+#ifndef NVSTUB_PROPRIETARY
 static ssize_t alloc_write(struct file *f, const char __user *ubuf,
 			   size_t len, loff_t *pos)
 {
@@ -360,9 +373,91 @@ static const struct file_operations bar_fops = {
 	.llseek = default_llseek,
 };
 
+/* GPU pages freed by cudaFree and still pinned, held from reuse. */
+static int held_show(struct seq_file *m, void *v)
+{
+	struct stub_alloc *a;
+	unsigned long n = 0;
+
+	mutex_lock(&stub.lock);
+	list_for_each_entry(a, &stub.freed, node)
+		n += a->npages;
+	mutex_unlock(&stub.lock);
+	seq_printf(m, "%lu\n", n);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(held);
+
+static ssize_t fail_write(struct file *f, const char __user *ubuf, size_t len,
+			  loff_t *pos)
+{
+	int n, ret;
+
+	ret = kstrtoint_from_user(ubuf, len, 0, &n);
+	if (ret)
+		return ret;
+	mutex_lock(&stub.lock);
+	stub.fail_in = max(n, 0);
+	mutex_unlock(&stub.lock);
+	return len;
+}
+
+static const struct file_operations fail_fops = {
+	.owner = THIS_MODULE,
+	.write = fail_write,
+};
+
+static void stub_debugfs_init(void)
+{
+	stub.dir = debugfs_create_dir("nvstub", NULL);
+	debugfs_create_file("alloc", 0600, stub.dir, NULL, &alloc_fops);
+	debugfs_create_file("free", 0200, stub.dir, NULL, &free_fops);
+	debugfs_create_file("pages", 0400, stub.dir, NULL, &pages_fops);
+	debugfs_create_file("held", 0400, stub.dir, NULL, &held_fops);
+	debugfs_create_file("fail", 0200, stub.dir, NULL, &fail_fops);
+	debugfs_create_file("bar", 0600, stub.dir, NULL, &bar_fops);
+}
+
+static void stub_debugfs_exit(void)
+{
+	debugfs_remove_recursive(stub.dir);
+}
+#else
+static void stub_debugfs_init(void)
+{
+}
+
+static void stub_debugfs_exit(void)
+{
+}
+#endif
+
+/* Bound as "nvidia" to the device named by bdf, like the real driver. */
+static int stub_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	return pdev == stub.pdev ? 0 : -ENODEV;
+}
+
+static void stub_remove(struct pci_dev *pdev)
+{
+}
+
+static const struct pci_device_id stub_ids[] = {
+	{ PCI_DEVICE(0x1af4, 0x1110) },	/* ivshmem */
+	{ }
+};
+
+static struct pci_driver stub_driver = {
+	.name = "nvidia",
+	.id_table = stub_ids,
+	.probe = stub_probe,
+	.remove = stub_remove,
+};
+
 static int __init stub_init(void)
 {
 	unsigned int domain, bus, slot, fn;
+	int ret;
 
 	if (!bdf || sscanf(bdf, "%x:%x:%x.%x", &domain, &bus, &slot, &fn) != 4)
 		return -EINVAL;
@@ -376,32 +471,39 @@ static int __init stub_init(void)
 	stub.used = bitmap_zalloc(stub.npages, GFP_KERNEL);
 	stub.va = ioremap_wc(stub.start, stub.len);
 	if (!stub.used || !stub.va) {
-		bitmap_free(stub.used);
-		if (stub.va)
-			iounmap(stub.va);
-		pci_dev_put(stub.pdev);
-		return -ENOMEM;
+		ret = -ENOMEM;
+		goto err;
 	}
 	stub.next_va = VA_BASE;
 	mutex_init(&stub.lock);
 	INIT_LIST_HEAD(&stub.allocs);
+	INIT_LIST_HEAD(&stub.freed);
 	INIT_LIST_HEAD(&stub.regs);
-	stub.dir = debugfs_create_dir("nvstub", NULL);
-	debugfs_create_file("alloc", 0600, stub.dir, NULL, &alloc_fops);
-	debugfs_create_file("free", 0200, stub.dir, NULL, &free_fops);
-	debugfs_create_file("pages", 0400, stub.dir, NULL, &pages_fops);
-	debugfs_create_file("bar", 0600, stub.dir, NULL, &bar_fops);
+	ret = pci_register_driver(&stub_driver);
+	if (ret)
+		goto err;
+	stub_debugfs_init();
 	pr_info("nvstub: %lu GPU pages over %s BAR%d\n", stub.npages, bdf, bar);
 	return 0;
+
+err:
+	bitmap_free(stub.used);
+	if (stub.va)
+		iounmap(stub.va);
+	pci_dev_put(stub.pdev);
+	return ret;
 }
 
+/* phxfs.ko holds no pin any more: it is unloaded first. */
 static void __exit stub_exit(void)
 {
 	struct stub_alloc *a, *tmp;
 
-	debugfs_remove_recursive(stub.dir);
+	stub_debugfs_exit();
+	pci_unregister_driver(&stub_driver);
+	WARN_ON(!list_empty(&stub.regs) || !list_empty(&stub.freed));
 	list_for_each_entry_safe(a, tmp, &stub.allocs, node)
-		stub_free(a->va);
+		stub_alloc_destroy(a);
 	bitmap_free(stub.used);
 	iounmap(stub.va);
 	pci_dev_put(stub.pdev);
@@ -410,4 +512,8 @@ static void __exit stub_exit(void)
 module_init(stub_init);
 module_exit(stub_exit);
 MODULE_DESCRIPTION("phxfs VM suite: a stand-in for NVIDIA's p2p interface");
+#ifdef NVSTUB_PROPRIETARY
+MODULE_LICENSE("NVIDIA");
+#else
 MODULE_LICENSE("GPL");
+#endif
