@@ -156,6 +156,40 @@ TEST_F(Guest, DirectModeRefusesToBounce) {
     hostcheck_bar(bar, disk, 1 << 20);
 }
 
+// A BAR range another process holds: registration fails with EBUSY and a
+// message that says why, and nothing is left registered.
+TEST_F(Guest, RangeHeldByAnotherProcessIsRefusedClearly) {
+    auto [bar, disk] = ranges.take(1 << 20);
+    (void)disk;
+    int ready[2], done[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    ASSERT_EQ(::pipe(done), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) { // the other process holds the range through its own file
+        const int fd = ::open("/dev/phxfs0", O_RDWR);
+        void *va = ::mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        char c = map_ioctl(fd, PHXFS_IOCTL_MAP, bar, 1 << 20, va) == 0 ? 'y' : 'n';
+        if (::write(ready[1], &c, 1) != 1 || ::read(done[0], &c, 1) != 1)
+            _exit(3);
+        _exit(0);
+    }
+    char c = 0;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    ASSERT_EQ(c, 'y');
+    void *t = nullptr;
+    errno = 0;
+    EXPECT_EQ(phxfs_regmem(0, reinterpret_cast<void *>(bar), 1 << 20, &t), -1);
+    EXPECT_EQ(errno, EBUSY);
+    EXPECT_NE(std::string(phxfs_last_error()).find("held by another open file"), std::string::npos)
+        << phxfs_last_error();
+    ASSERT_EQ(::write(done[1], &c, 1), 1);
+    ::waitpid(pid, nullptr, 0);
+    for (int f : {ready[0], ready[1], done[0], done[1]})
+        ::close(f);
+    EXPECT_EQ(wait_counter(0, "draining", 0), 0);
+    reg(bar, 1 << 20); // the owner exited: free again
+}
+
 TEST_F(Guest, ConcurrentThreads) {
     constexpr int kThreads = 4;
     constexpr uint64_t kLen = 4 << 20;

@@ -377,6 +377,22 @@ TEST_F(Kmod, MmapSlotsAreBoundedAndReused) {
         ::munmap(va, kPage);
 }
 
+// MAPs per open file are capped: kernel memory an unprivileged user can pin
+// is bounded (and charged to its memory cgroup).
+TEST_F(Kmod, MapsPerFileAreCapped) {
+    constexpr uint64_t kCap = 65536;
+    uint8_t *va = vma((kCap + 1) * kPage);
+    ASSERT_NE(va, nullptr);
+    uint64_t i = 0;
+    for (; i < kCap; ++i)
+        if (do_map(fd_, i * kPage, kPage, va + i * kPage))
+            break;
+    EXPECT_EQ(i, kCap) << strerror(errno);
+    EXPECT_EQ(do_map(fd_, kCap * kPage, kPage, va + kCap * kPage), ENOSPC);
+    EXPECT_EQ(do_unmap(fd_, 0, kPage, va), 0);
+    EXPECT_EQ(do_map(fd_, kCap * kPage, kPage, va + kCap * kPage), 0) << "one came back";
+}
+
 // As many mmap/munmap cycles of the largest VMA that fits as it took to push
 // the first module's offset counter past 2^51 pages (where a byte offset no
 // longer fits a loff_t): after them, UNMAP must still remove the pages.
