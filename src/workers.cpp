@@ -91,10 +91,17 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
     auto task = std::make_shared<Task>();
     task->body = body;
     pool().post(task, width - 1);
+    // However the caller's share ends (an exception included), no pool
+    // worker may run the body afterwards: it refers to the caller's frame.
+    struct Join {
+        Task &t;
+        ~Join() {
+            std::unique_lock lock(t.m);
+            t.closed = true;
+            t.cv.wait(lock, [this] { return t.running == 0; });
+        }
+    } join{*task};
     body();
-    std::unique_lock lock(task->m);
-    task->closed = true;
-    task->cv.wait(lock, [&] { return task->running == 0; });
 }
 
 } // namespace phxfs::core
