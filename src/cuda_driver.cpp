@@ -75,12 +75,17 @@ void check(CUresult res, const char *what) {
                   std::to_string(static_cast<int>(res)) + ")");
 }
 
-void set_current(CUcontext ctx) {
-    thread_local CUcontext current = nullptr;
-    if (current == ctx)
+ContextScope::ContextScope(CUcontext ctx) {
+    check(usable->cuCtxGetCurrent(&prev_), "cuCtxGetCurrent");
+    if (prev_ == ctx)
         return;
     check(usable->cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
-    current = ctx;
+    switched_ = true;
+}
+
+ContextScope::~ContextScope() {
+    if (switched_)
+        usable->cuCtxSetCurrent(prev_); // back to the caller's; nothing to report to
 }
 
 } // namespace phxfs::core::cuda

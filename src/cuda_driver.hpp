@@ -45,7 +45,19 @@ const std::string &why_unavailable();
 // Throws Error(EIO) naming the call when res is not CUDA_SUCCESS.
 void check(CUresult res, const char *what);
 
-// Makes ctx current on the calling thread (cheap when it already is).
-void set_current(CUcontext ctx);
+// Makes ctx current on the calling thread for its lifetime, then puts back
+// whatever was current before (the caller's own context, another GPU's, or
+// none): the library never leaves a caller's thread changed.
+class ContextScope {
+  public:
+    explicit ContextScope(CUcontext ctx);
+    ~ContextScope();
+    ContextScope(const ContextScope &) = delete;
+    ContextScope &operator=(const ContextScope &) = delete;
+
+  private:
+    CUcontext prev_ = nullptr;
+    bool switched_ = false;
+};
 
 } // namespace phxfs::core::cuda

@@ -32,8 +32,10 @@ class Stream {
 // Host memory: copies are memcpy, done at once.
 Stream &host_stream();
 
+// Frees staging memory: malloc'ed, or pinned by CUDA in context cuda_ctx
+// (a CUcontext), which freeing needs current.
 struct StagingFree {
-    bool pinned_by_cuda = false;
+    void *cuda_ctx = nullptr;
     void operator()(void *p) const noexcept;
 };
 using StagingBuffer = std::unique_ptr<void, StagingFree>;

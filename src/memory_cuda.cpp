@@ -19,30 +19,30 @@ const cuda::Driver &drv() {
 class CudaStream final : public Stream {
   public:
     explicit CudaStream(CUcontext ctx) : ctx_(ctx) {
-        cuda::set_current(ctx_);
+        cuda::ContextScope scope(ctx_);
         cuda::check(drv().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
     }
     ~CudaStream() override {
         try {
-            cuda::set_current(ctx_);
-        } catch (const Error &) { // destroy anyway: the context is the primary one
+            cuda::ContextScope scope(ctx_);
+            drv().cuStreamDestroy(stream_);
+        } catch (const Error &) { // the context is gone, and the stream with it
         }
-        drv().cuStreamDestroy(stream_);
     }
     void to_buffer(void *dst, const void *staging, size_t n) override {
-        cuda::set_current(ctx_);
+        cuda::ContextScope scope(ctx_);
         cuda::check(
             drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), staging, n, stream_),
             "cuMemcpyHtoDAsync");
     }
     void to_staging(void *staging, const void *src, size_t n) override {
-        cuda::set_current(ctx_);
+        cuda::ContextScope scope(ctx_);
         cuda::check(
             drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
             "cuMemcpyDtoHAsync");
     }
     void wait() override {
-        cuda::set_current(ctx_);
+        cuda::ContextScope scope(ctx_);
         cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
     }
 
@@ -60,10 +60,10 @@ class CudaBackend final : public Backend {
     ~CudaBackend() override { drv().cuDevicePrimaryCtxRelease(dev_); }
 
     StagingBuffer alloc_staging(size_t n) override {
-        cuda::set_current(ctx_);
+        cuda::ContextScope scope(ctx_);
         void *p = nullptr;
         cuda::check(drv().cuMemHostAlloc(&p, n, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
-        return StagingBuffer(p, StagingFree{true});
+        return StagingBuffer(p, StagingFree{ctx_});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
     MemInfo check_range(const void *p, size_t n) const override {
@@ -75,11 +75,15 @@ class CudaBackend final : public Backend {
         if (mi.cuda_ordinal != ordinal_)
             fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) + ", not GPU " +
                              std::to_string(ordinal_));
+        // The lookup needs a context, which the caller's thread may lack.
+        cuda::ContextScope scope(ctx_);
         CUdeviceptr base = 0;
         size_t size = 0;
-        if (drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p)) ==
-                CUDA_SUCCESS &&
-            reinterpret_cast<CUdeviceptr>(p) + n > base + size)
+        const CUresult res =
+            drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p));
+        if (res != CUDA_SUCCESS)
+            cuda::check(res, "cuMemGetAddressRange of the buffer");
+        if (reinterpret_cast<CUdeviceptr>(p) + n > base + size)
             fail(EFAULT, "range runs past the end of its cudaMalloc allocation");
         return mi;
     }
@@ -93,10 +97,15 @@ class CudaBackend final : public Backend {
 } // namespace
 
 void StagingFree::operator()(void *p) const noexcept {
-    if (pinned_by_cuda)
-        drv().cuMemFreeHost(p);
-    else
+    if (!cuda_ctx) {
         std::free(p);
+        return;
+    }
+    try {
+        cuda::ContextScope scope(static_cast<CUcontext>(cuda_ctx));
+        drv().cuMemFreeHost(p);
+    } catch (const Error &) { // no context left to free it in: gone with it
+    }
 }
 
 MemInfo classify(const void *p) {

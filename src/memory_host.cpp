@@ -31,7 +31,7 @@ class HostBackend final : public Backend {
         void *p = std::aligned_alloc(4096, (n + 4095) & ~size_t(4095));
         if (!p)
             fail(ENOMEM, "cannot allocate " + std::to_string(n) + " bytes of staging memory");
-        return StagingBuffer(p, StagingFree{false});
+        return StagingBuffer(p, StagingFree{});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<HostStream>(); }
     MemInfo check_range(const void *p, size_t) const override {

@@ -3,7 +3,10 @@
 // unaligned, registered and not. Runs on a GPU machine (ctest -L gpu).
 #include "../unit/testutil.hpp"
 
+#include <cuda.h>
 #include <cuda_runtime.h>
+
+#include <thread>
 
 using namespace phxtest;
 
@@ -122,6 +125,59 @@ TEST_F(GpuIo, RegistrationChecksTheMemory) {
     ASSERT_EQ(phxfs_regmem(0, gpu_, kBuf, &target), 0);
     EXPECT_NE(target, nullptr);
     EXPECT_EQ(phxfs_deregmem(0, gpu_, kBuf), 0);
+}
+
+CUcontext current_context() {
+    CUcontext c = nullptr;
+    EXPECT_EQ(cuCtxGetCurrent(&c), CUDA_SUCCESS);
+    return c;
+}
+
+// A caller with a context of its own (cuCtxCreate) gets it back current
+// after every call, whatever the library did on the GPU meanwhile.
+TEST_F(GpuIo, CallersOwnContextIsLeftAlone) {
+    const std::string path = dir_.file("gpu-ctx");
+    make_pattern_file(path, 4 << 20);
+    CUdevice dev = 0;
+    ASSERT_EQ(cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+    CUcontext mine = nullptr;
+#if CUDA_VERSION >= 13000
+    ASSERT_EQ(cuCtxCreate(&mine, nullptr, 0, dev), CUDA_SUCCESS);
+#else
+    ASSERT_EQ(cuCtxCreate(&mine, 0, dev), CUDA_SUCCESS);
+#endif
+    ASSERT_EQ(cuCtxSetCurrent(mine), CUDA_SUCCESS);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 4 << 20, 0), 4 << 20) << phxfs_last_error();
+    EXPECT_EQ(current_context(), mine) << "phxfs_read left another context current";
+    void *target = nullptr;
+    EXPECT_EQ(phxfs_regmem(0, gpu_, 1 << 20, &target), 0) << phxfs_last_error();
+    EXPECT_EQ(current_context(), mine) << "phxfs_regmem";
+    EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 1 << 20, 4096), 1 << 20) << phxfs_last_error();
+    EXPECT_EQ(phxfs_deregmem(0, gpu_, 1 << 20), 0);
+    EXPECT_EQ(current_context(), mine) << "phxfs_deregmem";
+    ::close(fd);
+    ASSERT_EQ(cuCtxSetCurrent(nullptr), CUDA_SUCCESS);
+    EXPECT_EQ(cuCtxDestroy(mine), CUDA_SUCCESS);
+    const auto back = from_gpu(0, 1 << 20);
+    EXPECT_EQ(first_mismatch_fast(back.data(), 1 << 20, 4096, 1), 1u << 20);
+}
+
+// A thread that never touched CUDA has no current context: the library
+// still checks ranges (it used to skip the check there) and leaves the
+// thread without one.
+TEST_F(GpuIo, ThreadWithoutContextIsCheckedAndLeftBare) {
+    std::thread t([&] {
+        ASSERT_EQ(current_context(), nullptr) << "a fresh thread";
+        void *target = nullptr;
+        errno = 0;
+        EXPECT_EQ(phxfs_regmem(0, static_cast<char *>(gpu_) + 4096, kBuf, &target), -1);
+        EXPECT_EQ(errno, EFAULT) << phxfs_last_error();
+        EXPECT_EQ(phxfs_regmem(0, gpu_, kBuf, &target), 0) << phxfs_last_error();
+        EXPECT_EQ(phxfs_deregmem(0, gpu_, kBuf), 0);
+        EXPECT_EQ(current_context(), nullptr) << "the library left a context current";
+    });
+    t.join();
 }
 
 } // namespace
