@@ -96,7 +96,9 @@ UniqueFd reopen_fd(int fd, bool direct) {
     const int fl = ::fcntl(fd, F_GETFL);
     if (fl < 0)
         fail_errno("fcntl(F_GETFL)");
-    int flags = (fl & O_ACCMODE) | O_CLOEXEC | (direct ? O_DIRECT : 0);
+    // The twin keeps the caller's durability: a write on an O_SYNC/O_DSYNC
+    // fd is durable when it returns, whichever fd the library wrote through.
+    const int flags = (fl & (O_ACCMODE | O_SYNC | O_DSYNC)) | O_CLOEXEC | (direct ? O_DIRECT : 0);
     const std::string path = "/proc/self/fd/" + std::to_string(fd);
     const int nfd = ::open(path.c_str(), flags);
     if (nfd < 0)
