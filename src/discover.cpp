@@ -22,6 +22,16 @@ struct NodeSeen {
     bool claimed = false;
 };
 
+// The first word of attribute name of node i in sysfs (readable by anyone,
+// unlike the node): "provider" is "pcibar" or "nvidia", "pci" the PCI address.
+std::string sysfs_word(int i, const char *name) {
+    std::ifstream in("/sys/class/" PHXFS_DEV_PREFIX "/" PHXFS_DEV_PREFIX + std::to_string(i) + "/" +
+                     name);
+    std::string s;
+    in >> s;
+    return s;
+}
+
 std::vector<NodeSeen> scan_nodes() {
     std::vector<NodeSeen> nodes;
     for (int i = 0; i < PHXFS_MAX_DEVICES; ++i) {
@@ -35,6 +45,7 @@ std::vector<NodeSeen> scan_nodes() {
             n.bus_id = node.pci_bus_id();
         } catch (const Error &e) {
             n.error = e.what();
+            n.bus_id = sysfs_word(i, "pci");
         }
         nodes.push_back(std::move(n));
     }
@@ -77,7 +88,13 @@ std::vector<std::unique_ptr<Device>> discover() {
             std::make_unique<Device>(id, PHXFS_DEVICE_CUDA, id, index, g.name, g.pci_bus_id, why));
     }
     for (const NodeSeen &n : nodes) {
-        if (n.claimed || (n.error.empty() && n.info.provider != PHXFS_PROVIDER_PCIBAR))
+        if (n.claimed)
+            continue;
+        // A node we cannot open is a device of its own only if it serves a
+        // BAR; a GPU's node is that GPU's (its error is the GPU's why).
+        const bool pcibar = n.error.empty() ? n.info.provider == PHXFS_PROVIDER_PCIBAR
+                                            : sysfs_word(n.index, "provider") == "pcibar";
+        if (!pcibar)
             continue;
         const int id = static_cast<int>(out.size());
         out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_PCIBAR, -1, n.index,

@@ -302,4 +302,35 @@ TEST_F(GuestFs, UnalignedFileEndAndShortRead) {
     ::close(fd);
 }
 
+// #11 finding 8: nodes a user cannot open are not devices of their own. The
+// parent drops to nobody (root's 0600 nodes are closed to it) and runs this
+// program again, so that discovery runs afresh in the child.
+TEST(Discovery, UnopenableNodesAreNotPhantomDevices) {
+    if (std::getenv("PHXFS_DISCOVERY_CHILD")) {
+        ASSERT_EQ(phxfs_device_count(), 1) << "one pcibar device, the GPU node is none";
+        phxfs_device_info info{};
+        info.size = sizeof info;
+        ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
+        EXPECT_EQ(info.kind, PHXFS_DEVICE_PCIBAR);
+        EXPECT_EQ(info.direct, 0);
+        EXPECT_NE(std::string(info.why_not_direct).find("ermission denied"), std::string::npos)
+            << info.why_not_direct;
+        return;
+    }
+    if (::access("/dev/phxfs1", F_OK) != 0 || ::getuid() != 0)
+        GTEST_SKIP() << "needs root and both nodes";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setenv("PHXFS_DISCOVERY_CHILD", "1", 1);
+        if (::setgid(65534) == 0 && ::setuid(65534) == 0)
+            ::execl("/proc/self/exe", "phxfs_guest_tests",
+                    "--gtest_filter=Discovery.UnopenableNodesAreNotPhantomDevices",
+                    static_cast<char *>(nullptr));
+        _exit(127);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+
 } // namespace
