@@ -16,7 +16,8 @@
  * referenced. So what one user put in device memory is never seen or
  * changed by another, neither while it is mapped nor afterwards through
  * pages the first user kept referenced (vmsplice, io_uring). Pins of one
- * owner may overlap.
+ * owner may overlap. A range given back is not scrubbed: the next owner finds
+ * what the last one left (the VM suite's host checks read those bytes).
  */
 #include <linux/interval_tree_generic.h>
 #include <linux/module.h>
