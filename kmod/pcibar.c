@@ -16,8 +16,8 @@
  * referenced. So what one user put in device memory is never seen or
  * changed by another, neither while it is mapped nor afterwards through
  * pages the first user kept referenced (vmsplice, io_uring). Pins of one
- * owner may overlap. A range given back is not scrubbed: the next owner finds
- * what the last one left (the VM suite's host checks read those bytes).
+ * owner may overlap. A range given back is cleared (pcibar_scrub, on by
+ * default), so the next owner does not find what the last one left either.
  */
 #include <linux/interval_tree_generic.h>
 #include <linux/module.h>
@@ -33,6 +33,11 @@ static int npcibar;
 module_param_array(pcibar, charp, &npcibar, 0444);
 MODULE_PARM_DESC(pcibar,
 		 "BARs to serve as device memory: DOMAIN:BUS:DEV.FN@BAR,...");
+
+static bool pcibar_scrub = true;
+module_param(pcibar_scrub, bool, 0644);
+MODULE_PARM_DESC(pcibar_scrub,
+		 "Clear a range when its owner has given it back (default 1)");
 
 /* The ranges held on one BAR, by owner. */
 struct pcibar_dev {
@@ -97,13 +102,42 @@ static struct page *pcibar_page(struct phxfs_dev *dev, struct phxfs_pin *pin,
 	return phxfs_bar_page(dev, pin->dev_addr + ((u64)i << PAGE_SHIFT));
 }
 
+/* Bytes [start, last] of the BAR, through the kernel's (WC) mapping. */
+static void pcibar_clear(struct phxfs_dev *dev, u64 start, u64 last)
+{
+	u64 off;
+
+	for (off = start; off < last; off += PAGE_SIZE) {
+		memset(page_address(phxfs_bar_page(dev, off)), 0, PAGE_SIZE);
+		if (!(off & ((4UL << 20) - 1)))
+			cond_resched();
+	}
+}
+
+/*
+ * Unreferenced (pin.c): free for any owner, after clearing what no other
+ * claim still covers (an overlapping pin of the same owner keeps its bytes).
+ * Under the lock, so that nobody claims the range while it is cleared.
+ */
 static void pcibar_unpin(struct phxfs_dev *dev, struct phxfs_pin *pin)
 {
 	struct pcibar_dev *pb = dev->priv;
-	struct pcibar_claim *c = pin->priv;
+	struct pcibar_claim *c = pin->priv, *it;
+	u64 from = c->start;
 
 	mutex_lock(&pb->lock);
 	pcibar_claim_remove(c, &pb->claims);
+	if (READ_ONCE(pcibar_scrub)) {
+		for (it = pcibar_claim_iter_first(&pb->claims, c->start, c->last); it;
+		     it = pcibar_claim_iter_next(it, c->start, c->last)) {
+			if (it->start > from)
+				pcibar_clear(dev, from, it->start - 1);
+			from = max(from, it->last + 1);
+		}
+		if (from <= c->last)
+			pcibar_clear(dev, from, c->last);
+		wmb(); /* out of the write-combining buffers before a new owner */
+	}
 	mutex_unlock(&pb->lock);
 	kfree(c);
 }

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <fstream>
 #include <set>
 
 using namespace phxguest;
@@ -203,6 +204,34 @@ TEST(Isolation, NvidiaMemoryStaysOutOfReuseWhileReferenced) {
     EXPECT_EQ(wait_counter(1, "draining", 0), 0);
     EXPECT_EQ(gpu_held(), held0) << "the GPU pages did not go back once unreferenced";
     EXPECT_EQ(phx_counter(1, "pinned_bytes"), 0);
+}
+
+// What one owner left in a BAR range is cleared before another open file
+// may have it; bytes another pin of the same owner still maps are kept.
+TEST(Isolation, PcibarRangeIsClearedForTheNextOwner) {
+    const char *param = "/sys/module/phxfs/parameters/pcibar_scrub";
+    if (::access("/dev/phxfs0", F_OK) != 0 || ::access(param, W_OK) != 0)
+        GTEST_SKIP() << "no pcibar device";
+    std::ofstream(param) << 1;
+    {
+        const int fd = ::open("/dev/phxfs0", O_RDWR);
+        auto *m = static_cast<uint8_t *>(
+            ::mmap(nullptr, 4 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+        ASSERT_NE(m, MAP_FAILED);
+        // Two pins of one owner sharing the BAR page kBarA + kPage.
+        ASSERT_EQ(map_ioctl(fd, PHXFS_IOCTL_MAP, kBarA, 2 * kPage, m), 0);
+        ASSERT_EQ(map_ioctl(fd, PHXFS_IOCTL_MAP, kBarA + kPage, 2 * kPage, m + 2 * kPage), 0);
+        std::memset(m, kSecret, 2 * kPage);
+        ASSERT_EQ(map_ioctl(fd, PHXFS_IOCTL_UNMAP, kBarA, 2 * kPage, m), 0);
+        EXPECT_TRUE(all_bytes(m + 2 * kPage, kPage, kSecret)) << "the other pin's page was cleared";
+        ::munmap(m, 4 * kPage);
+        ::close(fd);
+    }
+    EXPECT_EQ(wait_counter(0, "draining", 0), 0);
+    Victim next;
+    ASSERT_EQ(next.map("/dev/phxfs0", kBarA), 0);
+    EXPECT_TRUE(all_bytes(next.m, 3 * kPage, 0)) << "the last owner's bytes were left behind";
+    std::ofstream(param) << 0;
 }
 
 // The module stays while any page of its devices is referenced, even with
