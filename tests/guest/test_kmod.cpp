@@ -101,6 +101,12 @@ class Kmod : public ::testing::Test {
             ::close(fd_);
         EXPECT_EQ(counter("mapped_bytes"), 0) << "a mapping outlived its VMA";
         EXPECT_EQ(counter("pages_busy"), 0) << "page references leaked";
+        // munmap hands pins to the drain, which unpins them in the background;
+        // until it has, their ranges are still their old file's (EBUSY to the
+        // next test's file).
+        for (int i = 0; i < 1000 && counter("draining") != 0; ++i)
+            ::usleep(10000);
+        EXPECT_EQ(counter("draining"), 0) << "pins did not drain";
     }
     uint8_t *vma(size_t len, int fd = -1) {
         void *va = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd < 0 ? fd_ : fd, 0);
