@@ -48,7 +48,7 @@ static struct class *phxfs_class;
 static LIST_HEAD(phxfs_devs);
 static int phxfs_ndevs;
 
-bool phxfs_fail_at(int step)
+static bool phxfs_fail_at(int step)
 {
 	return fail_add == step;
 }

@@ -43,20 +43,25 @@ struct phxfs_vma {
 	struct maple_tree pins;		/* page index in the VMA -> pin */
 };
 
+/* A pin left its VMA (UNMAP, or the VMA is gone): counters, then pin.c. */
+static void phxfs_pin_unmapped(struct phxfs_file *pf, struct phxfs_pin *pin,
+			       bool may_sleep)
+{
+	atomic_dec(&pf->nr_maps);
+	atomic64_sub(pin->len, &pf->dev->stats.mapped_bytes);
+	atomic64_inc(&pf->dev->stats.unmaps);
+	phxfs_pin_retire(pin, may_sleep);
+}
+
 static void phxfs_vma_release(struct kref *ref)
 {
 	struct phxfs_vma *pv = container_of(ref, struct phxfs_vma, ref);
-	struct phxfs_dev *dev = pv->pf->dev;
 	struct phxfs_pin *pin;
 	unsigned long index = 0;
 
 	/* Every VMA of the slot is gone, and with them the page tables. */
-	mt_for_each(&pv->pins, pin, index, ULONG_MAX) {
-		atomic_dec(&pv->pf->nr_maps);
-		atomic64_sub(pin->len, &dev->stats.mapped_bytes);
-		atomic64_inc(&dev->stats.unmaps);
-		phxfs_pin_retire(pin, false);
-	}
+	mt_for_each(&pv->pins, pin, index, ULONG_MAX)
+		phxfs_pin_unmapped(pv->pf, pin, false);
 	mtree_destroy(&pv->pins);
 	ida_free(&pv->pf->slots, pv->slot);
 	kfree(pv);
@@ -315,12 +320,9 @@ static int phxfs_unmap(struct file *filp, struct phxfs_ioctl_map *req)
 	if (!pin)
 		return -ENOENT;
 
-	atomic_dec(&pf->nr_maps);
-	atomic64_sub(pin->len, &pf->dev->stats.mapped_bytes);
-	atomic64_inc(&pf->dev->stats.unmaps);
 	phxfs_dbg(pf->dev, "unmap %llx+%llx at %llx\n", req->dev_addr, req->len,
 		  req->vaddr);
-	phxfs_pin_retire(pin, true);
+	phxfs_pin_unmapped(pf, pin, true);
 	return 0;
 }
 

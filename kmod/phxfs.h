@@ -148,7 +148,6 @@ struct pci_dev *phxfs_pci_spec(const char *param, const char *spec, int *bar);
 int phxfs_chrdev_init(void);
 void phxfs_chrdev_exit(void);
 struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset);
-bool phxfs_fail_at(int step);
 
 /* file.c */
 extern const struct file_operations phxfs_fops;

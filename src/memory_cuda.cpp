@@ -79,10 +79,8 @@ class CudaBackend final : public Backend {
         cuda::ContextScope scope(ctx_);
         CUdeviceptr base = 0;
         size_t size = 0;
-        const CUresult res =
-            drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p));
-        if (res != CUDA_SUCCESS)
-            cuda::check(res, "cuMemGetAddressRange of the buffer");
+        cuda::check(drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p)),
+                    "cuMemGetAddressRange of the buffer");
         if (reinterpret_cast<CUdeviceptr>(p) + n > base + size)
             fail(EFAULT, "range runs past the end of its cudaMalloc allocation");
         return mi;

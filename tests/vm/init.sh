@@ -90,8 +90,9 @@ else
 fi
 # The host compares BAR bytes after the VM stops: tests keep what they leave
 # (pcibar_scrub=0; the isolation test turns it on); the fuzzer clears.
+mode=$(cat /mode)
 scrub=0
-[ "$(cat /mode)" = fuzz ] && scrub=1
+[ "$mode" = fuzz ] && scrub=1
 if insmod /phxfs.ko "pcibar=$bdf@2" "nvidia_extra=$gpubdf@2" debug=0 pcibar_scrub=$scrub; then
 	result kmod_load pass
 else
@@ -111,7 +112,6 @@ done
 echo "DISKS raw $PHXFS_GUEST_DISK ext4 $fsdisk"
 mkdir -p /mnt/fs
 mount -t ext4 "$fsdisk" /mnt/fs && export PHXFS_GUEST_FS=/mnt/fs
-mode=$(cat /mode)
 for t in /tests/*; do
 	[ -x "$t" ] || continue
 	case "$mode:${t##*/}" in demo:phxfs_guest_demo | tests:*_tests) ;; *) continue ;; esac
