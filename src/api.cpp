@@ -6,6 +6,9 @@
 
 #include <phxfs/phxfs.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <limits>
 
 using namespace phxfs::core;
@@ -107,6 +110,8 @@ PHXFS_API int phxfs_set_config(const struct phxfs_config *cfg) {
         c.chunk_bytes = cfg->chunk_bytes;
         c.staging_bytes = cfg->staging_bytes;
         set_config(c);
+        for (auto &d : devices())
+            d->config_changed(c.staging_bytes);
         return 0;
     });
 }
@@ -125,8 +130,15 @@ PHXFS_API int phxfs_device_get_info(int device_id, struct phxfs_device_info *inf
 
 PHXFS_API int phxfs_get_stats(int device_id, struct phxfs_stats *stats) {
     return c_call([&] {
-        check_struct(stats, "stats");
-        device(device_id).stats(*stats);
+        // A caller built against 0.1 passes the smaller struct: it gets the
+        // fields it knows.
+        constexpr size_t v01 = offsetof(phxfs_stats, staging_bytes);
+        if (!stats || stats->size < v01)
+            check_struct(stats, "stats");
+        phxfs_stats full{};
+        device(device_id).stats(full);
+        full.size = stats->size;
+        std::memcpy(stats, &full, std::min<size_t>(stats->size, sizeof full));
         return 0;
     });
 }

@@ -2,6 +2,7 @@
 
 #include "config.hpp"
 #include "error.hpp"
+#include "fault.hpp"
 #include "workers.hpp"
 
 #include <algorithm>
@@ -41,8 +42,6 @@ constexpr unsigned kBufferedWriteWidth = 2;
 // State shared by the participants of one request.
 class Job {
   public:
-    explicit Job(const FileInfo &f) : file(f) {}
-
     std::optional<size_t> grab(size_t nchunks) {
         if (failed_.load(std::memory_order_relaxed))
             return std::nullopt;
@@ -65,23 +64,12 @@ class Job {
     }
     uint64_t short_at() const { return short_at_; }
 
-    // The same file without O_DIRECT, for unaligned edges and file systems
-    // that refuse O_DIRECT for a request. Opened once per request, on need.
-    int buffered_fd() {
-        std::call_once(twin_once_, [this] { twin_ = reopen_fd(file.fd, false); });
-        return twin_.get();
-    }
-
-    const FileInfo &file;
-
   private:
     std::atomic<size_t> next_{0};
     std::atomic<bool> failed_{false};
     std::mutex m_;
     std::exception_ptr error_;
     uint64_t short_at_ = UINT64_MAX;
-    std::once_flag twin_once_;
-    UniqueFd twin_;
 };
 
 // Records a participant's failure (call from a catch block) once its copy in
@@ -96,46 +84,78 @@ void fail_participant(Job &job, Stream &stream, bool pending) {
     job.set_error(std::current_exception());
 }
 
+// Copies between staging and the caller's buffer, where tests inject copy
+// failures.
+void copy_to_buffer(Stream &stream, void *dst, const void *staging, size_t n) {
+    if (auto f = fault::at(fault::Site::copy))
+        fail(f->err, "copy to the buffer (injected)");
+    stream.to_buffer(dst, staging, n);
+}
+
+void copy_to_staging(Stream &stream, void *staging, const void *src, size_t n) {
+    if (auto f = fault::at(fault::Site::copy))
+        fail(f->err, "copy from the buffer (injected)");
+    stream.to_staging(staging, src, n);
+}
+
 bool is_einval(const Error &e) {
     return e.err() == EINVAL;
 }
 
+// The file without O_DIRECT, for what an O_DIRECT fd refused with `e`; or
+// e's error again, saying that the file cannot be opened without O_DIRECT.
+int buffered_fd_after(File &file, const Error &e) {
+    const int fd = file.fd_with(false);
+    if (fd < 0)
+        fail(e.err(), std::string(e.what()) + "; and the file cannot be opened without O_DIRECT: " +
+                          file.why_no_twin(false));
+    return fd;
+}
+
 // Reads [a, b) into staging so that staging offset == file offset mod 4 KiB;
-// returns the bytes of [a, b) now in staging + (a mod 4 KiB).
-size_t read_chunk(Job &job, char *stg, uint64_t a, uint64_t b) {
+// returns the bytes of [a, b) now in staging + (a mod 4 KiB). From an
+// O_DIRECT fd, whole blocks around [a, b), so that no twin is needed.
+size_t read_chunk(File &file, char *stg, uint64_t a, uint64_t b) {
     const uint64_t rs = align_down(a, kAlign);
     const size_t skew = a - rs;
-    if (job.file.direct) {
+    int fd = file.fd();
+    if (file.info().direct) {
         try {
-            const size_t got = pread_full(job.file.fd, stg, align_up(b, kAlign) - rs, rs);
+            const size_t got = pread_full(fd, stg, align_up(b, kAlign) - rs, rs);
             return std::min<size_t>(got > skew ? got - skew : 0, b - a);
         } catch (const Error &e) {
             if (!is_einval(e))
                 throw;
+            fd = buffered_fd_after(file, e);
         }
     }
-    const int fd = job.file.direct ? job.buffered_fd() : job.file.fd;
     return pread_full(fd, stg + skew, b - a, a);
 }
 
-// Writes [a, b) from staging laid out as read_chunk() lays it out.
-void write_chunk(Job &job, const char *stg, uint64_t a, uint64_t b) {
+// Writes [a, b) from staging laid out as read_chunk() lays it out. On an
+// O_DIRECT fd, unaligned edges go through the buffered twin, which
+// CompatEngine::write() made sure of before writing anything.
+void write_chunk(File &file, const char *stg, uint64_t a, uint64_t b) {
     const uint64_t base = align_down(a, kAlign);
-    const uint64_t ma = align_up(a, kAlign), mb = align_down(b, kAlign);
-    if (job.file.direct && ma < mb) {
+    int fd = file.fd();
+    if (file.info().direct) {
+        // Whole blocks through the caller's fd, the edges through the twin.
+        const uint64_t ma = std::min(align_up(a, kAlign), b);
+        const uint64_t mb = std::max(align_down(b, kAlign), ma);
         try {
-            pwrite_full(job.file.fd, stg + (ma - base), mb - ma, ma);
+            if (ma < mb)
+                pwrite_full(fd, stg + (ma - base), mb - ma, ma);
             if (a < ma)
-                pwrite_full(job.buffered_fd(), stg + (a - base), ma - a, a);
+                pwrite_full(file.fd_with(false), stg + (a - base), ma - a, a);
             if (mb < b)
-                pwrite_full(job.buffered_fd(), stg + (mb - base), b - mb, mb);
+                pwrite_full(file.fd_with(false), stg + (mb - base), b - mb, mb);
             return;
         } catch (const Error &e) {
             if (!is_einval(e))
                 throw;
+            fd = buffered_fd_after(file, e);
         }
     }
-    const int fd = job.file.direct ? job.buffered_fd() : job.file.fd;
     pwrite_full(fd, stg + (a - base), b - a, a);
 }
 
@@ -162,10 +182,10 @@ void CompatEngine::run(const Config &cfg, unsigned max_width, size_t nchunks, si
     });
 }
 
-size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t n, uint64_t off) {
+size_t CompatEngine::read(File &file, void *buf, MemKind kind, size_t n, uint64_t off) {
     uint64_t end = off + n;
-    if (file.size)
-        end = std::min<uint64_t>(end, std::max<uint64_t>(*file.size, off));
+    if (file.info().size)
+        end = std::min<uint64_t>(end, std::max<uint64_t>(*file.info().size, off));
     if (end == off)
         return 0;
     const Config cfg = config();
@@ -174,9 +194,9 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
     // (both staging buffers, 2 chunks) and copies it while the other
     // participants' reads are in flight. From the page cache, chunks are
     // double-buffered so that reads overlap copies.
-    const bool from_storage = file.direct;
+    const bool from_storage = file.info().direct;
     const Plan plan(off, end, from_storage ? 2 * cfg.chunk_bytes : cfg.chunk_bytes);
-    Job job(file);
+    Job job;
     char *dst = static_cast<char *>(buf);
 
     if (plan.nchunks == 1) {
@@ -184,10 +204,10 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
         // one copy finished on the spot, all on the caller's thread.
         LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
         char *stg = lease->staging(0);
-        const size_t got = read_chunk(job, stg, off, end);
+        const size_t got = read_chunk(file, stg, off, end);
         if (got) {
             Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
-            stream.to_buffer(dst, stg + (off % kAlign), got);
+            copy_to_buffer(stream, dst, stg + (off % kAlign), got);
             stream.wait();
         }
         return got;
@@ -200,14 +220,14 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
             while (auto i = job.grab(plan.nchunks)) {
                 const uint64_t a = plan.begin_of(*i), b = plan.end_of(*i);
                 char *stg = lane.staging(cur);
-                const size_t got = read_chunk(job, stg, a, b);
+                const size_t got = read_chunk(file, stg, a, b);
                 if (got < b - a)
                     job.note_short(a + got);
                 if (pending)
                     stream.wait();
                 pending = false;
                 if (got) {
-                    stream.to_buffer(dst + (a - off), stg + (a % kAlign), got);
+                    copy_to_buffer(stream, dst + (a - off), stg + (a % kAlign), got);
                     pending = true;
                 }
                 if (!from_storage) {
@@ -227,32 +247,41 @@ size_t CompatEngine::read(const FileInfo &file, void *buf, MemKind kind, size_t 
     return static_cast<size_t>(std::min(job.short_at(), end) - off);
 }
 
-void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, size_t n,
-                         uint64_t off) {
+void CompatEngine::write(File &file, const void *buf, MemKind kind, size_t n, uint64_t off) {
     if (n == 0)
         return;
+    const FileInfo &fi = file.info();
+    // On an O_DIRECT fd an unaligned head or tail needs the file opened
+    // without O_DIRECT: make sure of it before writing any byte.
+    if (fi.direct && (off % kAlign || (off + n) % kAlign) && file.fd_with(false) < 0)
+        fail(EINVAL, "fd " + std::to_string(fi.fd) +
+                         " has O_DIRECT, and this write's unaligned head or tail needs the file "
+                         "without O_DIRECT, which cannot be opened: " +
+                         file.why_no_twin(false) +
+                         " (write whole 4 KiB blocks or pass an fd "
+                         "without O_DIRECT)");
     const Config cfg = config();
     const Plan plan(off, off + n, cfg.chunk_bytes);
-    Job job(file);
+    Job job;
     const char *src = static_cast<const char *>(buf);
 
     if (plan.nchunks == 1) { // as in read(): on the caller's thread, one copy
         LaneLease lease(lanes_, lanes_.acquire(plan.chunk, cfg.staging_bytes));
         char *stg = lease->staging(0);
         Stream &stream = kind == MemKind::host ? host_stream() : *lease->stream;
-        stream.to_staging(stg + (off % kAlign), src, n);
+        copy_to_staging(stream, stg + (off % kAlign), src, n);
         stream.wait();
-        write_chunk(job, stg, off, off + n);
+        write_chunk(file, stg, off, off + n);
         return;
     }
 
-    const unsigned max_width = file.direct ? kMaxThreads : kBufferedWriteWidth;
+    const unsigned max_width = fi.direct ? kMaxThreads : kBufferedWriteWidth;
     run(cfg, max_width, plan.nchunks, plan.chunk, kind, [&](Lane &lane, Stream &stream) {
         // Copy chunk j out of the device while chunk i is written to the file.
         auto fetch = [&](size_t i, int slot) {
             const uint64_t a = plan.begin_of(i), b = plan.end_of(i);
             char *stg = lane.staging(slot);
-            stream.to_staging(stg + (a % kAlign), src + (a - off), b - a);
+            copy_to_staging(stream, stg + (a % kAlign), src + (a - off), b - a);
         };
         bool pending = false;
         try {
@@ -270,7 +299,7 @@ void CompatEngine::write(const FileInfo &file, const void *buf, MemKind kind, si
                     fetch(*j, cur ^ 1);
                     pending = true;
                 }
-                write_chunk(job, lane.staging(cur), plan.begin_of(*i), plan.end_of(*i));
+                write_chunk(file, lane.staging(cur), plan.begin_of(*i), plan.end_of(*i));
                 i = j;
                 cur ^= 1;
             }

@@ -15,15 +15,17 @@ namespace phxfs::core {
 
 class CompatEngine {
   public:
-    explicit CompatEngine(Backend &backend) : lanes_(backend) {}
+    CompatEngine(Backend &backend, std::atomic<uint64_t> &staging_held)
+        : lanes_(backend, staging_held) {}
 
     // Reads up to n bytes at file offset off into buf (memory of `kind`);
     // returns the bytes read, short only at end of file.
-    size_t read(const FileInfo &file, void *buf, MemKind kind, size_t n, uint64_t off);
+    size_t read(File &file, void *buf, MemKind kind, size_t n, uint64_t off);
     // Writes n bytes from buf at file offset off, or throws.
-    void write(const FileInfo &file, const void *buf, MemKind kind, size_t n, uint64_t off);
+    void write(File &file, const void *buf, MemKind kind, size_t n, uint64_t off);
 
-    void trim() { lanes_.trim(); }
+    // Frees idle staging memory; staging_bytes is the budget from now on.
+    void trim(size_t staging_bytes) { lanes_.trim(staging_bytes); }
 
   private:
     template <typename ChunkLoop>

@@ -1,10 +1,12 @@
 #include "config.hpp"
 
 #include "error.hpp"
+#include "fork.hpp"
 
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 
@@ -80,9 +82,14 @@ Config config_from_env() {
 }
 
 Config config() {
+    install_fork_handler();
     std::lock_guard lock(cfg_mutex);
     load_locked();
     return cfg_current;
+}
+
+void config_after_fork_child() {
+    new (&cfg_mutex) std::mutex; // the old one is never unlocked: no thread owns it here
 }
 
 void set_config(const Config &c) {

@@ -25,4 +25,8 @@ void set_config(const Config &cfg);
 // Defaults from the environment; throws Error(EINVAL) on a bad variable.
 Config config_from_env();
 
+// In a child of fork(): the configuration lock, which a thread of the parent
+// may have held, is new (the values stay as the parent had them).
+void config_after_fork_child();
+
 } // namespace phxfs::core

@@ -1,6 +1,7 @@
 #include "cuda_driver.hpp"
 
 #include "error.hpp"
+#include "memory.hpp"
 
 #include <dlfcn.h>
 
@@ -60,6 +61,14 @@ const Driver *driver() {
     return usable;
 }
 
+void forget_after_fork() {
+    if (!usable)
+        return; // never initialised here: the child may initialise CUDA itself
+    usable = nullptr;
+    why = "CUDA was initialised in the parent process before fork(), and a forked child cannot "
+          "use it (fork before the first Phoenix or CUDA call, or start workers with spawn)";
+}
+
 const std::string &why_unavailable() {
     driver();
     return why;
@@ -89,3 +98,11 @@ ContextScope::~ContextScope() {
 }
 
 } // namespace phxfs::core::cuda
+
+namespace phxfs::core {
+
+void cuda_after_fork_child() {
+    cuda::forget_after_fork();
+}
+
+} // namespace phxfs::core

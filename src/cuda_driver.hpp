@@ -41,6 +41,8 @@ struct Driver {
 // reason is then in why_unavailable(). Thread safe; loads once.
 const Driver *driver();
 const std::string &why_unavailable();
+// In a child of fork(): a driver the parent initialised is unusable here.
+void forget_after_fork();
 
 // Throws Error(EIO) naming the call when res is not CUDA_SUCCESS.
 void check(CUresult res, const char *what);

@@ -1,7 +1,6 @@
 #include "device.hpp"
 
 #include "config.hpp"
-#include "cuda_driver.hpp"
 #include "direct.hpp"
 #include "error.hpp"
 #include "no_destructor.hpp"
@@ -38,6 +37,16 @@ void copy_str(char *dst, size_t cap, const std::string &s) {
 
 } // namespace
 
+RegistrationUse::RegistrationUse(std::shared_ptr<Registration> reg) : reg_(std::move(reg)) {
+    if (reg_)
+        reg_->users.fetch_add(1);
+}
+
+RegistrationUse::~RegistrationUse() {
+    if (reg_ && reg_->users.fetch_sub(1) == 1)
+        reg_->users.notify_all();
+}
+
 Device::Device(int id, phxfs_device_kind kind, int cuda_ordinal, int kmod_index, std::string name,
                std::string pci_bus_id, std::string why_not_direct)
     : id_(id), kind_(kind), cuda_ordinal_(cuda_ordinal), kmod_index_(kmod_index),
@@ -46,57 +55,88 @@ Device::Device(int id, phxfs_device_kind kind, int cuda_ordinal, int kmod_index,
 
 Device::~Device() = default;
 
-void Device::check_open_locked() const {
-    if (opens_ == 0)
-        fail(EBADF, "device " + std::to_string(id_) + " is not open (call phxfs_open first)");
+std::unique_ptr<Device> Device::fresh_for_child() const {
+    auto d = std::make_unique<Device>(id_, kind_, cuda_ordinal_, kmod_index_, name_, pci_bus_id_,
+                                      why_not_direct_);
+    d->opened_before_fork_ = opened_before_fork_ || opens_ > 0;
+    return d;
 }
 
-void Device::open() {
-    std::unique_lock lock(m_);
-    if (opens_ > 0) {
-        ++opens_;
-        return;
-    }
-    auto backend =
+const std::shared_ptr<Session> &Device::session_locked() const {
+    if (opens_ == 0)
+        fail(EBADF, "device " + std::to_string(id_) + " is not open" +
+                        (opened_before_fork_
+                             ? std::string(" in this process: the parent opened it before fork(), "
+                                           "and a child starts with every device closed (call "
+                                           "phxfs_open in the child)")
+                             : std::string(" (call phxfs_open first)")));
+    return session_;
+}
+
+std::shared_ptr<Session> Device::make_session() {
+    auto s = std::make_shared<Session>();
+    s->backend =
         kind_ == PHXFS_DEVICE_CUDA ? make_cuda_backend(cuda_ordinal_) : make_host_backend();
-    std::unique_ptr<KmodNode> node;
+    s->why_not_direct = why_not_direct_;
     if (kmod_index_ >= 0 && why_not_direct_.empty()) {
         try {
-            node = std::make_unique<KmodNode>(kmod_index_);
+            s->node = std::make_unique<KmodNode>(kmod_index_);
         } catch (const Error &e) {
             // A pcibar device is reachable only through the module.
             if (kind_ == PHXFS_DEVICE_PCIBAR || config().mode == PHXFS_MODE_DIRECT)
                 throw;
-            why_not_direct_ = e.what();
+            s->why_not_direct = e.what();
         }
     }
-    compat_ = std::make_unique<CompatEngine>(*backend);
-    backend_ = std::move(backend);
-    node_ = std::move(node);
+    s->compat = std::make_unique<CompatEngine>(*s->backend, stats_.staging_bytes());
+    return s;
+}
+
+void Device::open() {
+    std::lock_guard ops(reg_ops_);
+    {
+        std::lock_guard lock(m_);
+        if (opens_ > 0) {
+            ++opens_;
+            return;
+        }
+    }
+    auto s = make_session(); // may take long (CUDA context, module node): no m_
+    std::lock_guard lock(m_);
+    session_ = std::move(s);
     opens_ = 1;
 }
 
-void Device::release_all_locked() {
-    regs_.clear(); // unmaps every mapping
-    compat_.reset();
-    node_.reset();
-    backend_.reset();
+// Unmaps reg once no request uses it any more. The caller has taken it out
+// of the table, so no new use can start.
+void Device::drop(std::shared_ptr<Registration> reg) {
+    for (unsigned u; (u = reg->users.load()) != 0;)
+        reg->users.wait(u);
+    reg.reset();
 }
 
 void Device::close() {
-    std::unique_lock lock(m_);
-    check_open_locked();
-    if (--opens_ == 0)
-        release_all_locked();
+    std::lock_guard ops(reg_ops_);
+    std::map<uintptr_t, std::shared_ptr<Registration>> regs;
+    {
+        std::lock_guard lock(m_);
+        session_locked();
+        if (--opens_ > 0)
+            return;
+        regs.swap(regs_);
+        session_.reset(); // requests in flight hold their own reference
+    }
+    for (auto &[addr, reg] : regs)
+        drop(std::move(reg));
 }
 
-std::unique_ptr<KmodMapping> Device::map_locked(uintptr_t addr, size_t len) {
-    const uint64_t page = node_->info().page_size;
+std::unique_ptr<KmodMapping> Device::map(Session &s, uintptr_t addr, size_t len) const {
+    const uint64_t page = s.node->info().page_size;
     const uint64_t a0 = align_down(addr, page), a1 = align_up(addr + len, page);
-    if (a1 < a0 || (kind_ == PHXFS_DEVICE_PCIBAR && a1 > node_->info().bar_size))
+    if (a1 < a0 || (kind_ == PHXFS_DEVICE_PCIBAR && a1 > s.node->info().bar_size))
         fail(EINVAL, "range " + hex(addr) + "+" + std::to_string(len) + " lies outside the " +
-                         std::to_string(node_->info().bar_size) + "-byte BAR");
-    return node_->map(a0, a1 - a0);
+                         std::to_string(s.node->info().bar_size) + "-byte BAR");
+    return s.node->map(a0, a1 - a0);
 }
 
 void *Device::regmem(const void *addr, size_t len) {
@@ -105,67 +145,70 @@ void *Device::regmem(const void *addr, size_t len) {
         fail(EINVAL, "cannot register zero bytes");
     if (overflows(a, len))
         fail(EINVAL, "range " + hex(a) + "+" + std::to_string(len) + " overflows");
-    std::unique_lock lock(m_);
-    check_open_locked();
-    auto next = regs_.lower_bound(a);
-    if (next != regs_.end() && next->first < a + len)
-        fail(EEXIST, "range overlaps the registration at " + hex(next->first));
-    if (next != regs_.begin()) {
-        const Registration &prev = std::prev(next)->second;
-        if (prev.start + prev.len > a)
-            fail(EEXIST, "range overlaps the registration at " + hex(prev.start));
+    std::lock_guard ops(reg_ops_); // the table cannot change until we insert
+    auto reg = std::make_shared<Registration>();
+    {
+        std::lock_guard lock(m_);
+        reg->session = session_locked();
+        auto next = regs_.lower_bound(a);
+        if (next != regs_.end() && next->first < a + len)
+            fail(EEXIST, "range overlaps the registration at " + hex(next->first));
+        if (next != regs_.begin()) {
+            const Registration &prev = *std::prev(next)->second;
+            if (prev.start + prev.len > a)
+                fail(EEXIST, "range overlaps the registration at " + hex(prev.start));
+        }
     }
 
-    Registration reg;
-    reg.start = a;
-    reg.len = len;
-    reg.target = const_cast<char *>(static_cast<const char *>(addr));
+    Session &s = *reg->session;
+    reg->start = a;
+    reg->len = len;
+    reg->target = const_cast<char *>(static_cast<const char *>(addr));
     if (kind_ == PHXFS_DEVICE_PCIBAR) {
-        reg.mapping = map_locked(a, len);
+        reg->mapping = map(s, a, len);
     } else {
-        backend_->check_range(addr, len);
+        s.backend->check_range(addr, len);
         const bool device_memory = classify(addr).kind == MemKind::cuda;
-        if (node_ && device_memory && config().mode != PHXFS_MODE_COMPAT) {
+        if (s.node && device_memory && config().mode != PHXFS_MODE_COMPAT) {
             try {
-                reg.mapping = map_locked(a, len);
+                reg->mapping = map(s, a, len);
             } catch (const Error &) {
                 if (config().mode == PHXFS_MODE_DIRECT)
                     throw;
                 stats_.fallback();
             }
         } else if (config().mode == PHXFS_MODE_DIRECT && device_memory) {
-            fail(ENOTSUP, "direct mode: " + why_not_direct_);
+            fail(ENOTSUP, "direct mode: " + s.why_not_direct);
         }
     }
-    if (reg.mapping) {
-        const uint64_t page = node_->info().page_size;
-        reg.target = reg.mapping->address() + (a - align_down(a, page));
+    if (reg->mapping) {
+        const uint64_t page = s.node->info().page_size;
+        reg->target = reg->mapping->address() + (a - align_down(a, page));
     }
-    void *target = reg.target;
+    void *target = reg->target;
+    std::lock_guard lock(m_);
     regs_.emplace(a, std::move(reg));
     return target;
 }
 
 void Device::deregmem(const void *addr, size_t len) {
-    std::unique_lock lock(m_);
-    check_open_locked();
-    auto it = regs_.find(reinterpret_cast<uintptr_t>(addr));
-    if (it == regs_.end() || it->second.len != len)
-        fail(EINVAL, "no registration of " + hex(reinterpret_cast<uintptr_t>(addr)) + "+" +
-                         std::to_string(len) + " on device " + std::to_string(id_));
-    regs_.erase(it);
+    std::lock_guard ops(reg_ops_);
+    std::shared_ptr<Registration> reg;
+    {
+        std::lock_guard lock(m_);
+        session_locked();
+        auto it = regs_.find(reinterpret_cast<uintptr_t>(addr));
+        if (it == regs_.end() || it->second->len != len)
+            fail(EINVAL, "no registration of " + hex(reinterpret_cast<uintptr_t>(addr)) + "+" +
+                             std::to_string(len) + " on device " + std::to_string(id_));
+        reg = std::move(it->second);
+        regs_.erase(it);
+    }
+    drop(std::move(reg));
 }
 
-Resolved Device::resolve_locked(char *p, size_t n) {
+Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n) const {
     const auto a = reinterpret_cast<uintptr_t>(p);
-    if (overflows(a, n))
-        fail(EINVAL, "buffer range overflows");
-    const Registration *reg = nullptr;
-    if (auto it = regs_.upper_bound(a); it != regs_.begin()) {
-        const Registration &r = std::prev(it)->second;
-        if (r.start <= a && a + n <= r.start + r.len)
-            reg = &r;
-    }
     Resolved out;
     if (kind_ == PHXFS_DEVICE_PCIBAR) {
         if (!reg)
@@ -177,7 +220,7 @@ Resolved Device::resolve_locked(char *p, size_t n) {
     }
     if (!p)
         fail(EFAULT, "NULL buffer");
-    out.kind = backend_->check_range(p, n).kind; // classifies p once
+    out.kind = s.backend->check_range(p, n).kind; // classifies p once
     out.buf = p;
     if (reg && reg->mapping)
         out.direct = reg->target + (a - reg->start);
@@ -185,12 +228,26 @@ Resolved Device::resolve_locked(char *p, size_t n) {
 }
 
 size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
-    std::shared_lock lock(m_);
-    check_open_locked();
-    const FileInfo fi = inspect_fd(fd, write);
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    std::shared_ptr<Session> session;
+    RegistrationUse use; // the registration holding [p, p + n), if any
+    {
+        std::lock_guard lock(m_);
+        session = session_locked();
+        if (auto it = regs_.upper_bound(a); it != regs_.begin() && !overflows(a, n)) {
+            const auto &r = std::prev(it)->second;
+            if (r->start <= a && a + n <= r->start + r->len)
+                use = RegistrationUse(r);
+        }
+    }
+    File file(fd, write);
+    const FileInfo &fi = file.info();
     if (n == 0)
         return 0;
-    const Resolved r = resolve_locked(p, n);
+    if (overflows(a, n))
+        fail(EINVAL, "buffer range overflows");
+    Session &s = *session;
+    const Resolved r = resolve(s, use.get(), p, n);
     const phxfs_mode mode = config().mode;
 
     uint64_t end = off + n;
@@ -199,7 +256,7 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
 
     // The direct part: whole 4 KiB blocks whose device address is aligned too.
     uint64_t ma = off, mb = off;
-    UniqueFd twin;
+    int dfd = -1; // the O_DIRECT fd of the direct part
     // Why the direct path does not serve the request; built only for the
     // error of direct mode (the common compat path allocates nothing).
     std::string why;
@@ -207,21 +264,17 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
     if (mode == PHXFS_MODE_COMPAT) {
         why_not = "compat mode";
     } else if (!r.direct) {
-        why_not = why_not_direct_.empty() ? "buffer is not registered with phxfs_regmem"
-                                          : why_not_direct_.c_str();
+        why_not = s.why_not_direct.empty() ? "buffer is not registered with phxfs_regmem"
+                                           : s.why_not_direct.c_str();
     } else if ((reinterpret_cast<uintptr_t>(r.direct) - off) % kAlign) {
         why_not = "buffer address and file offset differ in alignment within 4 KiB";
     } else {
-        why_not = why_not_direct_.c_str();
+        why_not = s.why_not_direct.c_str();
         ma = std::min(align_up(off, kAlign), end);
         mb = std::max(align_down(end, kAlign), ma);
-        if (ma < mb && !fi.direct) {
-            try {
-                twin = reopen_fd(fd, true);
-            } catch (const Error &e) {
-                why = std::string("file refuses O_DIRECT: ") + e.what();
-                ma = mb = off;
-            }
+        if (ma < mb && (dfd = file.fd_with(true)) < 0) {
+            why = "file refuses O_DIRECT: " + file.why_no_twin(true);
+            ma = mb = off;
         }
     }
     if (mode == PHXFS_MODE_DIRECT && (ma != off || mb != end))
@@ -229,7 +282,9 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
                           (ma == mb ? (why.empty() ? std::string(why_not) : why)
                                     : std::string("unaligned head or tail (offsets and lengths "
                                                   "must be 4 KiB multiples)")));
-    if (direct_capable() && (ma != off || mb != end))
+    // Auto mode on a device the module serves, sending (part of) it to compat.
+    const bool auto_direct = mode == PHXFS_MODE_AUTO && s.node;
+    if (auto_direct && (ma != off || mb != end))
         stats_.fallback();
 
     struct Segment {
@@ -240,13 +295,12 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
     uint64_t done_to = off;
     auto compat = [&](uint64_t a, size_t len) -> size_t {
         if (write) {
-            compat_->write(fi, r.buf + (a - off), r.kind, len, a);
+            s.compat->write(file, r.buf + (a - off), r.kind, len, a);
             return len;
         }
-        return compat_->read(fi, r.buf + (a - off), r.kind, len, a);
+        return s.compat->read(file, r.buf + (a - off), r.kind, len, a);
     };
     auto direct = [&](uint64_t a, size_t len) -> size_t {
-        const int dfd = twin ? twin.get() : fd;
         char *mapped = r.direct + (a - off);
         if (write) {
             direct_write(dfd, mapped, len, a);
@@ -254,27 +308,27 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
         }
         return direct_read(dfd, mapped, len, a);
     };
-    for (const Segment &s : segs) {
-        if (s.a == s.b)
+    for (const Segment &seg : segs) {
+        if (seg.a == seg.b)
             continue;
         const uint64_t t0 = now_ns();
-        const size_t len = s.b - s.a;
-        phxfs_path path = s.direct ? PHXFS_PATH_DIRECT : PHXFS_PATH_COMPAT;
+        const size_t len = seg.b - seg.a;
+        phxfs_path path = seg.direct ? PHXFS_PATH_DIRECT : PHXFS_PATH_COMPAT;
         size_t got = 0;
         try {
-            got = s.direct ? direct(s.a, len) : compat(s.a, len);
+            got = seg.direct ? direct(seg.a, len) : compat(seg.a, len);
         } catch (const Error &e) {
             // The kernel may still refuse O_DIRECT on the mapping (a file
             // system without direct I/O for this file, GUP refusing device
             // pages on a P2PDMA kernel): auto mode bounces the segment.
-            if (!s.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
+            if (!seg.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
                 throw;
             stats_.fallback();
             path = PHXFS_PATH_COMPAT;
-            got = compat(s.a, len);
+            got = compat(seg.a, len);
         }
         stats_.add(path, write, got, now_ns() - t0);
-        done_to = s.a + got;
+        done_to = seg.a + got;
         if (got < len)
             break; // end of file
     }
@@ -302,15 +356,27 @@ size_t Device::write(int fd, const void *buf, size_t n, uint64_t off) {
 void Device::info(phxfs_device_info &out) const {
     out.kind = kind_;
     out.kmod_index = kmod_index_;
-    std::shared_lock lock(m_);
-    out.direct = direct_capable() ? 1 : 0;
+    std::lock_guard lock(m_);
+    // While open, what the session found (the node may have failed to open).
+    const std::string &why = session_ ? session_->why_not_direct : why_not_direct_;
+    out.direct = kmod_index_ >= 0 && why.empty() ? 1 : 0;
     copy_str(out.name, sizeof out.name, name_);
     copy_str(out.pci_bus_id, sizeof out.pci_bus_id, pci_bus_id_);
-    copy_str(out.why_not_direct, sizeof out.why_not_direct, why_not_direct_);
+    copy_str(out.why_not_direct, sizeof out.why_not_direct, why);
+}
+
+void Device::config_changed(size_t staging_bytes) {
+    std::shared_ptr<Session> s;
+    {
+        std::lock_guard lock(m_);
+        s = session_;
+    }
+    if (s)
+        s->compat->trim(staging_bytes);
 }
 
 void Device::stats(phxfs_stats &out) const {
-    std::shared_lock lock(m_);
+    std::lock_guard lock(m_);
     stats_.snapshot(out, regs_.size());
 }
 

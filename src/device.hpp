@@ -1,5 +1,14 @@
-// Devices: what each device id is, its open sessions, its registrations and
+// Devices: what each device id is, its open session, its registrations and
 // the engines that move its data.
+//
+// Lifetimes. An open device owns one Session (backend, compat engine, module
+// node). A request holds a reference to the session and, when its buffer is
+// registered, a use of that registration, for its whole length; it holds no
+// lock while it moves data. So a phxfs_regmem/deregmem never waits behind
+// I/O on other buffers, and I/O never waits behind a registration:
+// deregmem takes the registration out of the table, waits only for the
+// requests using that one registration, then unmaps it. phxfs_close does the
+// same for every registration; the session goes when its last request does.
 #pragma once
 
 #include "compat.hpp"
@@ -9,20 +18,44 @@
 
 #include <phxfs/phxfs.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <vector>
 
 namespace phxfs::core {
 
+// What an open device owns.
+struct Session {
+    std::unique_ptr<Backend> backend;
+    std::unique_ptr<CompatEngine> compat; // uses *backend
+    std::unique_ptr<KmodNode> node;       // null where the direct path cannot run
+    std::string why_not_direct;           // empty when node serves the device
+};
+
 struct Registration {
     uintptr_t start = 0; // the caller's address
     size_t len = 0;
     char *target = nullptr;               // what phxfs_regmem returned
+    std::shared_ptr<Session> session;     // keeps the node open while mapped
     std::unique_ptr<KmodMapping> mapping; // set when the direct path serves it
+    std::atomic<unsigned> users{0};       // requests using target now
+};
+
+// A request's use of a registration: deregmem waits until none is left.
+class RegistrationUse {
+  public:
+    RegistrationUse() = default;
+    explicit RegistrationUse(std::shared_ptr<Registration> reg);
+    RegistrationUse(RegistrationUse &&) noexcept = default;
+    RegistrationUse &operator=(RegistrationUse &&) noexcept = default;
+    ~RegistrationUse();
+    const Registration *get() const { return reg_.get(); }
+
+  private:
+    std::shared_ptr<Registration> reg_;
 };
 
 // Where a request's bytes live once its buffer is resolved.
@@ -48,30 +81,39 @@ class Device {
     void info(phxfs_device_info &out) const;
     void stats(phxfs_stats &out) const;
     void reset_stats() { stats_.reset(); }
+    // The configuration changed: idle staging memory over the new budget goes.
+    void config_changed(size_t staging_bytes);
+
+    // In a child of fork(): the same device as discovered, closed, knowing
+    // that the parent had it open. The parent's state (mappings the kernel
+    // did not copy, CUDA objects the child cannot use) is never touched.
+    std::unique_ptr<Device> fresh_for_child() const;
 
   private:
-    void check_open_locked() const;
-    bool direct_capable() const { return kmod_index_ >= 0 && why_not_direct_.empty(); }
-    Resolved resolve_locked(char *p, size_t n);
+    // The open session, or throws EBADF; call with m_ held.
+    const std::shared_ptr<Session> &session_locked() const;
+    std::shared_ptr<Session> make_session();
+    Resolved resolve(Session &s, const Registration *reg, char *p, size_t n) const;
     size_t transfer(bool write, int fd, char *p, size_t n, uint64_t off);
-    std::unique_ptr<KmodMapping> map_locked(uintptr_t addr, size_t len);
-    void release_all_locked();
+    std::unique_ptr<KmodMapping> map(Session &s, uintptr_t addr, size_t len) const;
+    static void drop(std::shared_ptr<Registration> reg);
 
     const int id_;
     const phxfs_device_kind kind_;
     const int cuda_ordinal_;
     const int kmod_index_;
     const std::string name_, pci_bus_id_;
-    std::string why_not_direct_;
+    const std::string why_not_direct_; // from discovery; empty if the module serves it
+    bool opened_before_fork_ = false;  // in a child: the parent had it open
 
-    // Exclusive for open/close/regmem/deregmem; shared for the length of an
-    // I/O, so memory cannot be deregistered under a request.
-    mutable std::shared_mutex m_;
+    // reg_ops_ serialises the calls that change the session or the
+    // registrations (open, close, regmem, deregmem), which may take long
+    // (pinning, mapping). m_ guards the fields below for moments only.
+    std::mutex reg_ops_;
+    mutable std::mutex m_;
     int opens_ = 0;
-    std::unique_ptr<Backend> backend_;
-    std::unique_ptr<CompatEngine> compat_;
-    std::unique_ptr<KmodNode> node_;
-    std::map<uintptr_t, Registration> regs_;
+    std::shared_ptr<Session> session_;
+    std::map<uintptr_t, std::shared_ptr<Registration>> regs_;
     Stats stats_;
 };
 
@@ -79,5 +121,7 @@ class Device {
 std::vector<std::unique_ptr<Device>> &devices();
 // The device of id, or throws ENODEV.
 Device &device(int id);
+// In a child of fork(): every device as discovered, closed (fork.hpp).
+void devices_after_fork_child();
 
 } // namespace phxfs::core

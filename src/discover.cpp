@@ -4,11 +4,12 @@
 // neither has one host-memory device.
 #include "device.hpp"
 #include "error.hpp"
-#include "no_destructor.hpp"
+#include "fork.hpp"
 
 #include <unistd.h>
 
 #include <fstream>
+#include <mutex>
 
 namespace phxfs::core {
 
@@ -108,9 +109,23 @@ std::vector<std::unique_ptr<Device>> discover() {
 
 } // namespace
 
+// Built once, never destroyed (devices own CUDA resources and threads).
+static std::vector<std::unique_ptr<Device>> *device_table = nullptr;
+
 std::vector<std::unique_ptr<Device>> &devices() {
-    static NoDestructor<std::vector<std::unique_ptr<Device>>> table(discover());
-    return *table;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        device_table = new std::vector<std::unique_ptr<Device>>(discover());
+        install_fork_handler();
+    });
+    return *device_table;
+}
+
+void devices_after_fork_child() {
+    if (!device_table)
+        return;
+    for (auto &d : *device_table)
+        d = d.release()->fresh_for_child(); // the parent's state stays as it is
 }
 
 Device &device(int id) {

@@ -1,6 +1,7 @@
 #include "fileio.hpp"
 
 #include "error.hpp"
+#include "fault.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -8,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 
 namespace phxfs::core {
@@ -59,11 +61,33 @@ FileInfo inspect_fd(int fd, bool for_write) {
     return fi;
 }
 
+namespace {
+
+// pread(2) and pwrite(2), where tests inject faults.
+ssize_t sys_pread(int fd, void *buf, size_t n, uint64_t off) {
+    if (auto f = fault::at(fault::Site::pread)) {
+        if (f->err)
+            return errno = f->err, -1;
+        n = std::min(n, f->max_bytes);
+    }
+    return ::pread(fd, buf, n, static_cast<off_t>(off));
+}
+
+ssize_t sys_pwrite(int fd, const void *buf, size_t n, uint64_t off) {
+    if (auto f = fault::at(fault::Site::pwrite)) {
+        if (f->err)
+            return errno = f->err, -1;
+        n = std::min(n, f->max_bytes);
+    }
+    return ::pwrite(fd, buf, n, static_cast<off_t>(off));
+}
+
+} // namespace
+
 size_t pread_full(int fd, void *buf, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
-        const ssize_t r =
-            ::pread(fd, static_cast<char *>(buf) + done, n - done, static_cast<off_t>(off + done));
+        const ssize_t r = sys_pread(fd, static_cast<char *>(buf) + done, n - done, off + done);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -79,8 +103,8 @@ size_t pread_full(int fd, void *buf, size_t n, uint64_t off) {
 void pwrite_full(int fd, const void *buf, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
-        const ssize_t r = ::pwrite(fd, static_cast<const char *>(buf) + done, n - done,
-                                   static_cast<off_t>(off + done));
+        const ssize_t r =
+            sys_pwrite(fd, static_cast<const char *>(buf) + done, n - done, off + done);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -100,11 +124,29 @@ UniqueFd reopen_fd(int fd, bool direct) {
     // fd is durable when it returns, whichever fd the library wrote through.
     const int flags = (fl & (O_ACCMODE | O_SYNC | O_DSYNC)) | O_CLOEXEC | (direct ? O_DIRECT : 0);
     const std::string path = "/proc/self/fd/" + std::to_string(fd);
-    const int nfd = ::open(path.c_str(), flags);
+    int nfd = -1;
+    if (auto f = fault::at(fault::Site::reopen))
+        errno = f->err;
+    else
+        nfd = ::open(path.c_str(), flags);
     if (nfd < 0)
         fail_errno(std::string("reopening fd ") + std::to_string(fd) +
                    (direct ? " with O_DIRECT" : " without O_DIRECT"));
     return UniqueFd(nfd);
+}
+
+int File::fd_with(bool direct) {
+    if (info_.direct == direct)
+        return info_.fd;
+    Twin &t = twins_[direct];
+    std::call_once(t.once, [&] {
+        try {
+            t.fd = reopen_fd(info_.fd, direct);
+        } catch (const Error &e) {
+            t.error = e.what();
+        }
+    });
+    return t.fd ? t.fd.get() : -1;
 }
 
 } // namespace phxfs::core

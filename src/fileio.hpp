@@ -6,7 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <utility>
 
 namespace phxfs::core {
@@ -50,8 +52,40 @@ size_t pread_full(int fd, void *buf, size_t n, uint64_t off);
 void pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 
 // Opens the file behind fd again with O_DIRECT set or cleared (through
-// /proc/self/fd), keeping its access mode. Throws on failure.
+// /proc/self/fd), keeping its access mode and durability flags. Throws on
+// failure.
 UniqueFd reopen_fd(int fd, bool direct);
+
+// A file as the I/O paths use it: the caller's fd, what it allows, and its
+// twins, the same file with O_DIRECT set or cleared, each opened on first
+// need and closed with the File. The caller's fd is never changed. A File
+// lives for one call of the fd API and for the life of a file handle.
+class File {
+  public:
+    // Inspects fd as inspect_fd() does (and throws as it does).
+    File(int fd, bool for_write) : info_(inspect_fd(fd, for_write)) {}
+    File(const File &) = delete;
+    File &operator=(const File &) = delete;
+
+    const FileInfo &info() const { return info_; }
+    int fd() const { return info_.fd; }
+    // An fd of this file with O_DIRECT (direct) or without: the caller's
+    // own when it already is so, else the twin; -1 when the twin cannot be
+    // opened (no /proc, permissions dropped since the caller opened it, a
+    // file system without O_DIRECT), and why_no_twin() then says why.
+    // Thread safe.
+    int fd_with(bool direct);
+    const std::string &why_no_twin(bool direct) const { return twins_[direct].error; }
+
+  private:
+    struct Twin {
+        std::once_flag once;
+        UniqueFd fd;
+        std::string error;
+    };
+    FileInfo info_;
+    Twin twins_[2]; // [0] without O_DIRECT, [1] with
+};
 
 inline uint64_t align_down(uint64_t v, uint64_t a) {
     return v - v % a;

@@ -1,5 +1,10 @@
 #include "lanes.hpp"
 
+#include "error.hpp"
+#include "fault.hpp"
+
+#include <string>
+
 namespace phxfs::core {
 
 // Makes a lane whose budget take_locked() reserved; gives the budget back if
@@ -8,8 +13,16 @@ std::unique_ptr<Lane> LanePool::make(size_t bytes) {
     try {
         auto lane = std::make_unique<Lane>();
         lane->bytes = bytes;
+        if (auto f = fault::at(fault::Site::staging_alloc))
+            fail(f->err, "allocating " + std::to_string(2 * bytes) +
+                             " bytes of staging memory "
+                             "(injected)");
         lane->region = backend_.alloc_staging(2 * bytes);
+        if (auto f = fault::at(fault::Site::stream_create))
+            fail(f->err, "creating a copy stream (injected)");
         lane->stream = backend_.make_stream();
+        held_.fetch_add(2 * bytes);
+        lane->held = &held_;
         return lane;
     } catch (...) {
         {
@@ -25,6 +38,7 @@ std::unique_ptr<Lane> LanePool::make(size_t bytes) {
 // (must_make), or returns null when the caller has to wait.
 std::unique_ptr<Lane> LanePool::take_locked(size_t bytes, size_t budget, bool &must_make) {
     must_make = false;
+    budget_ = budget;
     for (auto it = idle_.begin(); it != idle_.end(); ++it) {
         if ((*it)->bytes == bytes) {
             auto lane = std::move(*it);
@@ -51,12 +65,20 @@ std::unique_ptr<Lane> LanePool::acquire(size_t bytes, size_t budget) {
         bool must_make = false;
         if (auto lane = take_locked(bytes, budget, must_make))
             return lane;
-        if (must_make)
-            break;
+        if (must_make) {
+            lock.unlock();
+            try {
+                return make(bytes);
+            } catch (...) {
+                // Out of pinned memory (or streams): where other lanes
+                // exist, wait for one of them rather than fail.
+                lock.lock();
+                if (in_use_bytes_ == 0)
+                    throw;
+            }
+        }
         cv_.wait(lock);
     }
-    lock.unlock();
-    return make(bytes);
 }
 
 std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
@@ -77,18 +99,24 @@ std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
 void LanePool::release(std::unique_ptr<Lane> lane) {
     {
         std::lock_guard lock(m_);
-        idle_.push_back(std::move(lane));
+        if (in_use_bytes_ > budget_)
+            in_use_bytes_ -= 2 * lane->bytes; // freed below, outside the lock
+        else
+            idle_.push_back(std::move(lane));
     }
     cv_.notify_all();
 }
 
-void LanePool::trim() {
-    std::vector<std::unique_ptr<Lane>> drop;
+void LanePool::trim(size_t budget) {
+    std::vector<std::unique_ptr<Lane>> drop; // freed outside the lock
     {
         std::lock_guard lock(m_);
-        for (auto &l : idle_)
-            in_use_bytes_ -= 2 * l->bytes;
-        drop.swap(idle_);
+        budget_ = budget;
+        while (!idle_.empty() && in_use_bytes_ > budget) {
+            in_use_bytes_ -= 2 * idle_.back()->bytes;
+            drop.push_back(std::move(idle_.back()));
+            idle_.pop_back();
+        }
     }
     cv_.notify_all();
 }

@@ -7,8 +7,10 @@
 
 #include "memory.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -16,34 +18,49 @@
 namespace phxfs::core {
 
 struct Lane {
-    size_t bytes = 0;               // size of each staging buffer
-    StagingBuffer region;           // both buffers: [0, bytes) and [bytes, 2 * bytes)
-    std::unique_ptr<Stream> stream; // copies to and from the device's memory
+    size_t bytes = 0;                      // size of each staging buffer
+    StagingBuffer region;                  // both buffers: [0, bytes) and [bytes, 2 * bytes)
+    std::unique_ptr<Stream> stream;        // copies to and from the device's memory
+    std::atomic<uint64_t> *held = nullptr; // the device's staging count, which has region
+
+    Lane() = default;
+    Lane(const Lane &) = delete;
+    Lane &operator=(const Lane &) = delete;
+    ~Lane() {
+        if (held)
+            held->fetch_sub(2 * bytes);
+    }
     char *staging(int i) const { return static_cast<char *>(region.get()) + i * bytes; }
 };
 
 class LanePool {
   public:
-    explicit LanePool(Backend &backend) : backend_(backend) {}
+    // held counts the staging bytes of the pool's lanes (the device's stats).
+    LanePool(Backend &backend, std::atomic<uint64_t> &held) : backend_(backend), held_(held) {}
 
     // A lane with buffers of `bytes`, within a budget of `budget` bytes of
     // staging memory. acquire() waits for one; try_acquire() returns null
     // when none is free and the budget is spent.
     std::unique_ptr<Lane> acquire(size_t bytes, size_t budget);
     std::unique_ptr<Lane> try_acquire(size_t bytes, size_t budget);
+    // Takes a lane back: idle for the next request, or freed when the pool
+    // holds more than the budget last asked for (it was lowered).
     void release(std::unique_ptr<Lane> lane);
-    // Frees idle lanes (configuration changed, device closing).
-    void trim();
+    // Takes budget as the new one (the configuration changed) and frees
+    // idle lanes until the pool fits it.
+    void trim(size_t budget);
 
   private:
     std::unique_ptr<Lane> take_locked(size_t bytes, size_t budget, bool &must_make);
     std::unique_ptr<Lane> make(size_t bytes);
 
     Backend &backend_;
+    std::atomic<uint64_t> &held_;
     std::mutex m_;
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Lane>> idle_;
-    size_t in_use_bytes_ = 0; // staging bytes of lanes handed out or idle
+    size_t in_use_bytes_ = 0;  // staging bytes of lanes handed out or idle
+    size_t budget_ = SIZE_MAX; // the last budget asked for
 };
 
 // Returns a lane to its pool when it leaves scope.

@@ -63,5 +63,7 @@ struct GpuInfo {
 std::vector<GpuInfo> cuda_gpus();
 // Why there are no CUDA GPUs ("" when there are).
 std::string cuda_why_unavailable();
+// In a child of fork(): CUDA, if the parent initialised it, is unusable.
+void cuda_after_fork_child();
 
 } // namespace phxfs::core

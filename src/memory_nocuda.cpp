@@ -27,4 +27,6 @@ std::string cuda_why_unavailable() {
     return "libphxfs was built without CUDA support";
 }
 
+void cuda_after_fork_child() {}
+
 } // namespace phxfs::core

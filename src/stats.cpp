@@ -11,6 +11,7 @@ void Stats::snapshot(phxfs_stats &out, uint64_t registrations) const {
     out.errors = errors_.load();
     out.fallbacks = fallbacks_.load();
     out.registrations = registrations;
+    out.staging_bytes = staging_bytes_.load();
 }
 
 void Stats::reset() {

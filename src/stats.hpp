@@ -25,12 +25,14 @@ class Stats {
     }
     void error() { errors_.fetch_add(1, std::memory_order_relaxed); }
     void fallback() { fallbacks_.fetch_add(1, std::memory_order_relaxed); }
+    // Staging memory held now; the device's lane pool keeps it.
+    std::atomic<uint64_t> &staging_bytes() { return staging_bytes_; }
     void snapshot(phxfs_stats &out, uint64_t registrations) const;
     void reset();
 
   private:
     PathCounters paths_[PHXFS_PATH_COUNT];
-    std::atomic<uint64_t> errors_{0}, fallbacks_{0};
+    std::atomic<uint64_t> errors_{0}, fallbacks_{0}, staging_bytes_{0};
 };
 
 inline uint64_t now_ns() {

@@ -1,13 +1,12 @@
 #include "workers.hpp"
 
-#include "no_destructor.hpp"
-
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 namespace phxfs::core {
 
@@ -28,8 +27,9 @@ class Pool {
     void post(const std::shared_ptr<Task> &task, unsigned copies) {
         {
             std::lock_guard lock(m_);
-            while (threads_.size() < want_threads(copies))
-                threads_.emplace_back([this] { loop(); });
+            // Enough workers for the widest request seen; they idle on the queue.
+            for (; threads_ < std::min(copies, 256u); ++threads_)
+                std::thread([this] { loop(); }).detach();
             for (unsigned i = 0; i < copies; ++i)
                 queue_.push_back(task);
         }
@@ -37,11 +37,6 @@ class Pool {
     }
 
   private:
-    // Enough workers for the widest request seen; they idle on the queue.
-    size_t want_threads(unsigned copies) const {
-        return std::max<size_t>(threads_.size(), std::min<size_t>(copies, 256));
-    }
-
     void loop() {
         for (;;) {
             std::shared_ptr<Task> task;
@@ -73,12 +68,19 @@ class Pool {
     std::mutex m_;
     std::condition_variable cv_;
     std::deque<std::shared_ptr<Task>> queue_;
-    std::vector<std::thread> threads_; // detached at exit with the process
+    unsigned threads_ = 0; // detached: they live as long as the process
 };
 
+// The pool of this process. A child of fork() has none of the parent's
+// threads, and the parent's pool may be mid-change (its lock held by a
+// thread that does not exist in the child), so the child starts a new pool
+// and never touches the old one.
+std::atomic<Pool *> the_pool{nullptr};
+
 Pool &pool() {
-    static NoDestructor<Pool> p;
-    return *p;
+    static std::once_flag once;
+    std::call_once(once, [] { the_pool = new Pool; });
+    return *the_pool.load();
 }
 
 } // namespace
@@ -102,6 +104,11 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
         }
     } join{*task};
     body();
+}
+
+void workers_after_fork_child() {
+    if (the_pool.load())
+        the_pool = new Pool; // the old one is left as it is: its threads are gone
 }
 
 } // namespace phxfs::core

@@ -12,4 +12,7 @@ namespace phxfs::core {
 // by body are the caller's to catch inside body.
 void run_parallel(unsigned width, const std::function<void()> &body);
 
+// In a child of fork(): a new, empty pool (see fork.cpp).
+void workers_after_fork_child();
+
 } // namespace phxfs::core

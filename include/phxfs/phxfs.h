@@ -186,9 +186,13 @@ struct phxfs_stats {
 	uint64_t errors;
 	uint64_t registrations;	/* registrations now active */
 	uint64_t fallbacks;	/* requests (or parts) auto mode sent to compat */
+	/* Since 0.2 (a smaller size gets the fields above only): */
+	uint64_t staging_bytes;	/* staging memory the device holds now */
 };
 
-/* Counters of one device since load or the last reset. */
+/* Counters of one device since load or the last reset (staging_bytes is a
+ * level, not a counter: lowering staging_bytes with phxfs_set_config() gives
+ * idle staging memory back at once and busy memory when its request ends). */
 int phxfs_get_stats(int device_id, struct phxfs_stats *stats);
 int phxfs_reset_stats(int device_id);
 

@@ -1,0 +1,133 @@
+// What a child of fork() gets (src/fork.hpp): every device closed, the
+// parent's registrations untouched, a library that works once reopened, and
+// no hang whatever the parent's threads held at the fork.
+#include "testutil.hpp"
+
+#include <sys/wait.h>
+
+#include <atomic>
+#include <thread>
+
+using namespace phxtest;
+
+namespace {
+
+constexpr size_t kChunk = 64 << 10;
+constexpr size_t kFile = 2 << 20;
+
+// Runs fn in a child; the child's exit status is fn's result (a line number
+// of the failed check, 0 for success) or the signal that ended it (SIGALRM:
+// it hung).
+template <typename Fn> void in_child(Fn fn) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::alarm(20);
+        ::_exit(fn());
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_FALSE(WIFSIGNALED(status)) << "child killed by signal " << WTERMSIG(status)
+                                      << (WTERMSIG(status) == SIGALRM ? " (it hung)" : "");
+    EXPECT_EQ(WEXITSTATUS(status), 0)
+        << "check at test_fork.cpp line " << WEXITSTATUS(status) << " failed in the child";
+}
+
+// In a child: the line number on failure (gtest is the parent's).
+#define CHILD_CHECK(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            std::fprintf(stderr, "child: %s failed: %s\n", #cond, phxfs_last_error());             \
+            return __LINE__ % 256 ? __LINE__ % 256 : 1;                                            \
+        }                                                                                          \
+    } while (0)
+
+class Fork : public DeviceTest {
+  protected:
+    void SetUp() override {
+        DeviceTest::SetUp();
+        small_chunks(4, kChunk);
+        path_ = dir_.file("data");
+        make_pattern_file(path_, kFile);
+        fd_ = ::open(path_.c_str(), O_RDONLY);
+        ASSERT_GE(fd_, 0);
+    }
+    void TearDown() override {
+        ::close(fd_);
+        DeviceTest::TearDown();
+    }
+    std::string path_;
+    int fd_ = -1;
+};
+
+TEST_F(Fork, ChildStartsWithEveryDeviceClosed) {
+    auto buf = host_buffer(kFile);
+    void *target = nullptr;
+    ASSERT_EQ(phxfs_regmem(0, buf.get(), kFile, &target), 0) << phxfs_last_error();
+    // The pool's workers exist in the parent.
+    ASSERT_EQ(phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0), static_cast<ssize_t>(kFile));
+
+    in_child([&] {
+        // The parent's open and registration are not the child's.
+        CHILD_CHECK(phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0) == -1 && errno == EBADF);
+        CHILD_CHECK(std::string(phxfs_last_error()).find("fork()") != std::string::npos);
+        CHILD_CHECK(phxfs_deregmem(0, buf.get(), kFile) == -1 && errno == EBADF);
+        CHILD_CHECK(phxfs_close(0) == -1 && errno == EBADF);
+        phxfs_stats st{};
+        st.size = sizeof st;
+        CHILD_CHECK(phxfs_get_stats(0, &st) == 0 && st.registrations == 0);
+        // Opened again, the library works, workers included.
+        CHILD_CHECK(phxfs_open(0) == 0);
+        std::memset(buf.get(), 0, kFile);
+        CHILD_CHECK(phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0) == static_cast<ssize_t>(kFile));
+        CHILD_CHECK(first_mismatch_fast(buf.get(), kFile, 0) == kFile);
+        CHILD_CHECK(phxfs_regmem(0, buf.get(), kFile, &target) == 0);
+        CHILD_CHECK(phxfs_deregmem(0, buf.get(), kFile) == 0);
+        CHILD_CHECK(phxfs_close(0) == 0);
+        return 0;
+    });
+    // The parent's state is as it was.
+    ASSERT_EQ(phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0), static_cast<ssize_t>(kFile));
+    EXPECT_EQ(phxfs_deregmem(0, buf.get(), kFile), 0) << phxfs_last_error();
+}
+
+// Threads of the parent busy in the library (configuration, worker pool,
+// device table) at the moment of each fork: no child may hang on a lock one
+// of them held.
+TEST_F(Fork, BusyParentThreadsDoNotHangTheChild) {
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> busy;
+    for (int t = 0; t < 2; ++t) {
+        busy.emplace_back([&, t] {
+            auto buf = host_buffer(kFile);
+            phxfs_config c{};
+            c.size = sizeof c;
+            while (!stop) {
+                if (t == 0) {
+                    phxfs_get_config(&c);
+                    phxfs_set_config(&c);
+                } else {
+                    phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0);
+                }
+            }
+        });
+    }
+    auto buf = host_buffer(kFile);
+    for (int i = 0; i < 40 && !HasFailure(); ++i) {
+        in_child([&] {
+            phxfs_config c{};
+            c.size = sizeof c;
+            CHILD_CHECK(phxfs_get_config(&c) == 0);
+            CHILD_CHECK(phxfs_open(0) == 0);
+            CHILD_CHECK(phxfs_read({fd_, 0}, buf.get(), 0, kFile, 0) ==
+                        static_cast<ssize_t>(kFile));
+            CHILD_CHECK(first_mismatch_fast(buf.get(), kFile, 0) == kFile);
+            return 0;
+        });
+    }
+    stop = true;
+    for (auto &t : busy)
+        t.join();
+}
+
+} // namespace
