@@ -22,6 +22,9 @@ namespace phxfs::core::cuda {
     X(cuCtxSetCurrent)                                                                             \
     X(cuPointerGetAttributes)                                                                      \
     X(cuMemGetAddressRange)                                                                        \
+    X(cuMemRetainAllocationHandle)                                                                 \
+    X(cuMemRelease)                                                                                \
+    X(cuMemGetAccess)                                                                              \
     X(cuMemHostAlloc)                                                                              \
     X(cuMemFreeHost)                                                                               \
     X(cuStreamCreate)                                                                              \

@@ -15,6 +15,7 @@ enum class MemKind { host, cuda };
 struct MemInfo {
     MemKind kind = MemKind::host;
     int cuda_ordinal = -1; // for MemKind::cuda
+    bool managed = false;  // cudaMallocManaged: every GPU's context may copy to it
 };
 
 MemInfo classify(const void *p);

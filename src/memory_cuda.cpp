@@ -1,11 +1,12 @@
-// The CUDA backend: buffers are CUDA device memory of one GPU; staging is
-// pinned host memory; copies are asynchronous on a stream of the GPU's
-// primary context.
+// The CUDA backend: buffers are CUDA device memory of one GPU (cudaMalloc,
+// the virtual memory API, or managed memory); staging is pinned host memory;
+// copies are asynchronous on a stream of the GPU's primary context.
 #include "cuda_driver.hpp"
 #include "error.hpp"
 #include "memory.hpp"
 
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 
 namespace phxfs::core {
@@ -14,6 +15,25 @@ namespace {
 
 const cuda::Driver &drv() {
     return *cuda::driver();
+}
+
+std::string hex(CUdeviceptr v) {
+    char b[24];
+    std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+    return b;
+}
+
+// Whether a is memory of the virtual memory API (cuMemCreate + cuMemMap), as
+// PyTorch's expandable segments, vLLM and JAX allocate. Only such memory has
+// an allocation handle to retain; cudaMalloc and managed memory have none.
+// (cuMemGetAccess cannot tell: on cudaMalloc memory it succeeds without
+// reporting any flags, as seen with driver 580 on an H100.)
+bool vmm_mapped(CUdeviceptr a) {
+    CUmemGenericAllocationHandle h{};
+    if (drv().cuMemRetainAllocationHandle(&h, reinterpret_cast<void *>(a)) != CUDA_SUCCESS)
+        return false;
+    drv().cuMemRelease(h); // drops the reference just taken; the mapping keeps its own
+    return true;
 }
 
 class CudaStream final : public Stream {
@@ -66,27 +86,74 @@ class CudaBackend final : public Backend {
         return StagingBuffer(p, StagingFree{ctx_});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
+    // The range must be memory this GPU may copy to and from. cudaMalloc and
+    // managed memory are one allocation each, which must hold the whole range.
+    // Memory of the virtual memory API is one reservation with physical
+    // allocations ("segments") mapped into it, which cuMemGetAddressRange
+    // reports one at a time: a buffer may span several mapped back to back,
+    // each of which must be this GPU's memory, with read-write access for it.
     MemInfo check_range(const void *p, size_t n) const override {
         if (!p)
             fail(EFAULT, "NULL buffer");
         const MemInfo mi = classify(p);
         if (mi.kind != MemKind::cuda)
             return mi; // host memory is always usable
-        if (mi.cuda_ordinal != ordinal_)
+        // Managed memory may be copied to and from in any GPU's context.
+        if (!mi.managed && mi.cuda_ordinal != ordinal_)
             fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) + ", not GPU " +
                              std::to_string(ordinal_));
-        // The lookup needs a context, which the caller's thread may lack.
+        // The lookups need a context, which the caller's thread may lack.
         cuda::ContextScope scope(ctx_);
-        CUdeviceptr base = 0;
-        size_t size = 0;
-        cuda::check(drv().cuMemGetAddressRange(&base, &size, reinterpret_cast<CUdeviceptr>(p)),
-                    "cuMemGetAddressRange of the buffer");
-        if (reinterpret_cast<CUdeviceptr>(p) + n > base + size)
-            fail(EFAULT, "range runs past the end of its cudaMalloc allocation");
-        return mi;
+        const auto a = reinterpret_cast<CUdeviceptr>(p);
+        const CUdeviceptr end = a + n;
+        auto range = [&] { return "range " + hex(a) + "+" + std::to_string(n); };
+        for (CUdeviceptr at = a;;) {
+            CUdeviceptr base = 0;
+            size_t size = 0;
+            if (drv().cuMemGetAddressRange(&base, &size, at) != CUDA_SUCCESS)
+                fail(EFAULT, range() + ": no GPU memory is mapped at " + hex(at) +
+                                 " (a hole between mapped segments, or past the last one)");
+            const bool vmm = vmm_mapped(at);
+            // Only segments of the virtual memory API continue one another;
+            // a range running on into a cudaMalloc allocation that happens
+            // to follow is the caller's mistake, not a buffer.
+            if (at != a && !vmm)
+                fail(EFAULT, range() +
+                                 " runs out of its mapped segments into another allocation at " +
+                                 hex(at));
+            if (vmm)
+                check_access(range(), at);
+            if (at != a) {
+                const MemInfo next = classify(reinterpret_cast<const void *>(at));
+                if (next.kind != MemKind::cuda || next.cuda_ordinal != ordinal_)
+                    fail(EFAULT, range() + ": the segment mapped at " + hex(at) +
+                                     " is not memory of GPU " + std::to_string(ordinal_));
+            }
+            if (end <= base + size)
+                return mi;
+            if (!vmm)
+                fail(EFAULT, range() + " runs past the end of its " +
+                                 (mi.managed ? "managed" : "cudaMalloc") + " allocation " +
+                                 hex(base) + "+" + std::to_string(size));
+            at = base + size;
+        }
     }
 
   private:
+    // Without read-write access for this GPU (cuMemSetAccess), its copies
+    // into the segment would fault, and a fault spoils the whole context.
+    void check_access(const std::string &range, CUdeviceptr at) const {
+        CUmemLocation loc{};
+        loc.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        loc.id = ordinal_;
+        unsigned long long flags = 0;
+        const CUresult r = drv().cuMemGetAccess(&flags, &loc, at);
+        if (r != CUDA_SUCCESS || flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            fail(EFAULT, range + ": GPU " + std::to_string(ordinal_) +
+                             " has no read-write access to the segment mapped at " + hex(at) +
+                             " (cuMemSetAccess)");
+    }
+
     int ordinal_;
     CUdevice dev_ = 0;
     CUcontext ctx_ = nullptr;
@@ -121,7 +188,7 @@ MemInfo classify(const void *p) {
     if (d->cuPointerGetAttributes(3, attrs, data, reinterpret_cast<CUdeviceptr>(p)) != CUDA_SUCCESS)
         return {};
     if (type == CU_MEMORYTYPE_DEVICE || managed)
-        return {MemKind::cuda, ordinal};
+        return {MemKind::cuda, ordinal, managed != 0};
     return {};
 }
 

@@ -1,11 +1,14 @@
-// Data integrity against real GPU memory (cudaMalloc): phxfs_read into device
-// memory and phxfs_write out of it match the file byte for byte, aligned and
-// unaligned, registered and not. Runs on a GPU machine (ctest -L gpu).
+// Data integrity against real GPU memory (cudaMalloc, the CUDA virtual memory
+// API, managed memory): phxfs_read into device memory and phxfs_write out of
+// it match the file byte for byte, aligned and unaligned, registered and not.
+// Runs on a GPU machine (ctest -L gpu).
 #include "../unit/testutil.hpp"
 
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <thread>
 
 using namespace phxtest;
@@ -13,6 +16,7 @@ using namespace phxtest;
 namespace {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+#define CU_OK(call) ASSERT_EQ((call), CUDA_SUCCESS) << #call
 
 class GpuIo : public DeviceTest {
   protected:
@@ -133,34 +137,94 @@ CUcontext current_context() {
     return c;
 }
 
+// A context of the caller's own (cuCtxCreate, not GPU 0's primary context),
+// current on this thread while it lives; none is current afterwards.
+class OwnContext {
+  public:
+    OwnContext() {
+        CUdevice dev = 0;
+        EXPECT_EQ(cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+#if CUDA_VERSION >= 13000
+        EXPECT_EQ(cuCtxCreate(&ctx_, nullptr, 0, dev), CUDA_SUCCESS);
+#else
+        EXPECT_EQ(cuCtxCreate(&ctx_, 0, dev), CUDA_SUCCESS);
+#endif
+        EXPECT_EQ(cuCtxSetCurrent(ctx_), CUDA_SUCCESS);
+        CUcontext primary = nullptr;
+        EXPECT_EQ(cuDevicePrimaryCtxRetain(&primary, dev), CUDA_SUCCESS);
+        EXPECT_NE(ctx_, primary) << "cuCtxCreate gave the primary context";
+        cuDevicePrimaryCtxRelease(dev);
+    }
+    ~OwnContext() {
+        EXPECT_EQ(cuCtxSetCurrent(nullptr), CUDA_SUCCESS);
+        EXPECT_EQ(cuCtxDestroy(ctx_), CUDA_SUCCESS);
+    }
+    CUcontext get() const {
+        return ctx_;
+    }
+
+  private:
+    CUcontext ctx_ = nullptr;
+};
+
 // A caller with a context of its own (cuCtxCreate) gets it back current
-// after every call, whatever the library did on the GPU meanwhile.
+// after every call, whatever the library did on the GPU meanwhile: with a
+// buffer of the primary context (cudaMalloc) and with one allocated in the
+// caller's context, from phxfs_open to phxfs_close.
 TEST_F(GpuIo, CallersOwnContextIsLeftAlone) {
     const std::string path = dir_.file("gpu-ctx");
     make_pattern_file(path, 4 << 20);
-    CUdevice dev = 0;
-    ASSERT_EQ(cuDeviceGet(&dev, 0), CUDA_SUCCESS);
-    CUcontext mine = nullptr;
-#if CUDA_VERSION >= 13000
-    ASSERT_EQ(cuCtxCreate(&mine, nullptr, 0, dev), CUDA_SUCCESS);
-#else
-    ASSERT_EQ(cuCtxCreate(&mine, 0, dev), CUDA_SUCCESS);
-#endif
-    ASSERT_EQ(cuCtxSetCurrent(mine), CUDA_SUCCESS);
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 4 << 20, 0), 4 << 20) << phxfs_last_error();
-    EXPECT_EQ(current_context(), mine) << "phxfs_read left another context current";
-    void *target = nullptr;
-    EXPECT_EQ(phxfs_regmem(0, gpu_, 1 << 20, &target), 0) << phxfs_last_error();
-    EXPECT_EQ(current_context(), mine) << "phxfs_regmem";
-    EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 1 << 20, 4096), 1 << 20) << phxfs_last_error();
-    EXPECT_EQ(phxfs_deregmem(0, gpu_, 1 << 20), 0);
-    EXPECT_EQ(current_context(), mine) << "phxfs_deregmem";
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    {
+        OwnContext mine;
+        EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 4 << 20, 0), 4 << 20) << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_read left another context current";
+        void *target = nullptr;
+        EXPECT_EQ(phxfs_regmem(0, gpu_, 1 << 20, &target), 0) << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_regmem";
+        EXPECT_EQ(phxfs_read({fd, 0}, gpu_, 0, 1 << 20, 4096), 1 << 20) << phxfs_last_error();
+        EXPECT_EQ(phxfs_deregmem(0, gpu_, 1 << 20), 0);
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_deregmem";
+
+        // The device's last close and a fresh open (its primary context,
+        // streams and staging memory freed and made) with the caller's
+        // context current.
+        ASSERT_EQ(phxfs_close(0), 0) << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_close";
+        ASSERT_EQ(phxfs_open(0), 0) << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_open";
+
+        // Memory allocated in the caller's context, not the primary one.
+        constexpr size_t kOwn = 2 << 20;
+        CUdeviceptr own = 0;
+        ASSERT_EQ(cuMemAlloc(&own, kOwn), CUDA_SUCCESS);
+        ASSERT_EQ(cuMemsetD8(own, 0xAA, kOwn), CUDA_SUCCESS);
+        void *buf = reinterpret_cast<void *>(own);
+        EXPECT_EQ(phxfs_read({fd, 0}, buf, 5, kOwn - 10, 12345), static_cast<ssize_t>(kOwn - 10))
+            << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_read (own memory)";
+        std::vector<uint8_t> back(kOwn);
+        ASSERT_EQ(cuMemcpyDtoH(back.data(), own, kOwn), CUDA_SUCCESS);
+        EXPECT_EQ(back[4], 0xAA);
+        EXPECT_EQ(first_mismatch_fast(back.data() + 5, kOwn - 10, 12345), kOwn - 10);
+        EXPECT_EQ(back[kOwn - 5], 0xAA);
+        EXPECT_EQ(phxfs_regmem(0, buf, kOwn, &target), 0) << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_regmem (own memory)";
+        ASSERT_EQ(cuMemsetD8(own, 0x5C, kOwn), CUDA_SUCCESS);
+        EXPECT_EQ(phxfs_write({fd, 0}, buf, 5, kOwn - 10, 12345), static_cast<ssize_t>(kOwn - 10))
+            << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_write (own memory)";
+        std::vector<uint8_t> file(kOwn - 10);
+        ASSERT_EQ(::pread(fd, file.data(), file.size(), 12345), static_cast<ssize_t>(file.size()));
+        EXPECT_EQ(std::count(file.begin(), file.end(), 0x5C), static_cast<long>(file.size()));
+        EXPECT_EQ(phxfs_deregmem(0, buf, kOwn), 0);
+        EXPECT_EQ(current_context(), mine.get()) << "phxfs_deregmem (own memory)";
+        EXPECT_EQ(cuMemFree(own), CUDA_SUCCESS);
+    }
     ::close(fd);
-    ASSERT_EQ(cuCtxSetCurrent(nullptr), CUDA_SUCCESS);
-    EXPECT_EQ(cuCtxDestroy(mine), CUDA_SUCCESS);
-    const auto back = from_gpu(0, 1 << 20);
-    EXPECT_EQ(first_mismatch_fast(back.data(), 1 << 20, 4096, 1), 1u << 20);
+    const auto first = from_gpu(0, 1 << 20);
+    EXPECT_EQ(first_mismatch_fast(first.data(), 1 << 20, 4096, 1), 1u << 20);
 }
 
 // A thread that never touched CUDA has no current context: the library
@@ -178,6 +242,218 @@ TEST_F(GpuIo, ThreadWithoutContextIsCheckedAndLeftBare) {
         EXPECT_EQ(current_context(), nullptr) << "the library left a context current";
     });
     t.join();
+}
+
+// Memory of the CUDA virtual memory API, as PyTorch's expandable segments,
+// vLLM's cuMem allocator and JAX make it: one address reservation with
+// several physical allocations ("segments") mapped into it, each g bytes.
+class VmmBuffer {
+  public:
+    enum Access { none, read_write };
+    // Reserves slots * g bytes; map() fills slots; the rest stays unmapped.
+    explicit VmmBuffer(int slots) {
+        prop_.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop_.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop_.location.id = 0;
+        // Allowed for the direct path (nvidia_p2p) where the GPU can.
+        int rdma = 0;
+        cuDeviceGetAttribute(&rdma, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0);
+        prop_.allocFlags.gpuDirectRDMACapable = rdma ? 1 : 0;
+        size_t gran = 0;
+        EXPECT_EQ(cuMemGetAllocationGranularity(&gran, &prop_, CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+                  CUDA_SUCCESS);
+        g = (size_t(2 << 20) + gran - 1) / gran * gran;
+        size_ = slots * g;
+        EXPECT_EQ(cuMemAddressReserve(&base_, size_, 0, 0, 0), CUDA_SUCCESS);
+    }
+    ~VmmBuffer() {
+        for (auto [at, handle] : mapped_) {
+            EXPECT_EQ(cuMemUnmap(at, g), CUDA_SUCCESS);
+            EXPECT_EQ(cuMemRelease(handle), CUDA_SUCCESS);
+        }
+        EXPECT_EQ(cuMemAddressFree(base_, size_), CUDA_SUCCESS);
+    }
+    // Maps a physical allocation of its own at slot i.
+    void map(int slot, Access access = read_write) {
+        CUmemGenericAllocationHandle h = 0;
+        ASSERT_EQ(cuMemCreate(&h, g, &prop_, 0), CUDA_SUCCESS);
+        const CUdeviceptr at = base_ + slot * g;
+        ASSERT_EQ(cuMemMap(at, g, 0, h, 0), CUDA_SUCCESS);
+        mapped_.push_back({at, h});
+        if (access == read_write) {
+            CUmemAccessDesc d{};
+            d.location = prop_.location;
+            d.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            ASSERT_EQ(cuMemSetAccess(at, g, &d, 1), CUDA_SUCCESS);
+        }
+    }
+    char *at(size_t off) const { return reinterpret_cast<char *>(base_ + off); }
+    size_t g = 0;
+
+  private:
+    CUmemAllocationProp prop_{};
+    CUdeviceptr base_ = 0;
+    size_t size_ = 0;
+    std::vector<std::pair<CUdeviceptr, CUmemGenericAllocationHandle>> mapped_;
+};
+
+std::string hex(const void *p) {
+    char b[24];
+    std::snprintf(b, sizeof b, "0x%llx",
+                  static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(p)));
+    return b;
+}
+
+// A buffer over three segments mapped back to back: reads and writes that
+// cross the boundaries, in chunks that straddle them, registered and not.
+// The library used to refuse any range past the first segment ("range runs
+// past the end of its cudaMalloc allocation").
+TEST_F(GpuIo, VmmMemoryOfSeveralSegments) {
+    small_chunks(4, 64 << 10);
+    VmmBuffer vmm(3);
+    for (int i = 0; i < 3; ++i)
+        vmm.map(i);
+    const size_t g = vmm.g, total = 3 * g;
+    const std::string path = dir_.file("gpu-vmm");
+    make_pattern_file(path, total + (1 << 20));
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    std::vector<uint8_t> h(total);
+    const Case cases[] = {
+        {4096, total - 3 * 4096, 4096}, // 4 KiB aligned, across both boundaries
+        {777, total - 1000, 3},         // unaligned, nearly all of it
+        {65536 - 5, 10, g - 5},         // ten bytes around the first boundary
+        {12345, 2 * g, g / 2 + 7},      // into the third segment
+    };
+    for (int registered = 0; registered < 2; ++registered) {
+        void *target = nullptr;
+        if (registered) {
+            ASSERT_EQ(phxfs_regmem(0, vmm.at(0), total, &target), 0) << phxfs_last_error();
+        }
+        for (const Case &c : cases) {
+            SCOPED_TRACE("buf_off " + std::to_string(c.buf_off) + " len " + std::to_string(c.len) +
+                         " registered " + std::to_string(registered));
+            CU_OK(cuMemsetD8(reinterpret_cast<CUdeviceptr>(vmm.at(0)), 0xAA, total));
+            ASSERT_EQ(phxfs_read({fd, 0}, vmm.at(0), c.buf_off, c.len, c.file_off),
+                      static_cast<ssize_t>(c.len))
+                << phxfs_last_error();
+            CU_OK(cuMemcpyDtoH(h.data(), reinterpret_cast<CUdeviceptr>(vmm.at(0)), total));
+            ASSERT_EQ(first_mismatch_fast(h.data() + c.buf_off, c.len, c.file_off), c.len);
+            if (c.buf_off) {
+                ASSERT_EQ(h[c.buf_off - 1], 0xAA) << "wrote before the start";
+            }
+            if (c.buf_off + c.len < total) {
+                ASSERT_EQ(h[c.buf_off + c.len], 0xAA) << "wrote past the end";
+            }
+
+            // And back out: a fresh pattern written from the same range.
+            const uint64_t seed = 7 + registered;
+            std::vector<uint8_t> src(c.len);
+            fill_pattern_fast(src.data(), c.len, c.file_off, seed);
+            CU_OK(
+                cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(vmm.at(c.buf_off)), src.data(), c.len));
+            ASSERT_EQ(phxfs_write({fd, 0}, vmm.at(0), c.buf_off, c.len, c.file_off),
+                      static_cast<ssize_t>(c.len))
+                << phxfs_last_error();
+            std::vector<uint8_t> back(c.len);
+            ASSERT_EQ(::pread(fd, back.data(), c.len, c.file_off), static_cast<ssize_t>(c.len));
+            ASSERT_EQ(first_mismatch_fast(back.data(), c.len, c.file_off, seed), c.len);
+            make_pattern_file(path, total + (1 << 20)); // the read pattern again
+        }
+        if (registered) {
+            ASSERT_EQ(phxfs_deregmem(0, vmm.at(0), total), 0) << phxfs_last_error();
+        }
+    }
+    ::close(fd);
+}
+
+// VMM ranges that are not wholly mapped memory this GPU may use are refused
+// with EFAULT and a message naming the address where they stop being so: a
+// hole between two segments, a segment mapped without access for the GPU,
+// the end of the mapped part of the reservation.
+TEST_F(GpuIo, VmmRangeWithHoleIsRefused) {
+    // Slots: 0 mapped, 1 hole, 2 mapped, 3 mapped without access, 4 mapped,
+    // 5 reserved but unmapped.
+    VmmBuffer vmm(6);
+    vmm.map(0);
+    vmm.map(2);
+    vmm.map(3, VmmBuffer::none);
+    vmm.map(4);
+    const size_t g = vmm.g;
+    const std::string path = dir_.file("gpu-vmm-hole");
+    make_pattern_file(path, 1 << 20);
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    struct Bad {
+        const char *what;
+        size_t start, stop; // [start, end) of the buffer; stop: first bad byte
+    };
+    const Bad bad[] = {
+        {"hole", g - 4096, g},
+        {"no access", 3 * g - 4096, 3 * g},
+        {"past the mapped end", 5 * g - 4096, 5 * g},
+    };
+    for (const Bad &b : bad) {
+        SCOPED_TRACE(b.what);
+        errno = 0;
+        EXPECT_EQ(phxfs_read({fd, 0}, vmm.at(b.start), 0, 8192, 0), -1);
+        EXPECT_EQ(errno, EFAULT);
+        EXPECT_NE(std::string(phxfs_last_error()).find(hex(vmm.at(b.stop))), std::string::npos)
+            << "the message should name " << hex(vmm.at(b.stop)) << ": " << phxfs_last_error();
+        errno = 0;
+        EXPECT_EQ(phxfs_write({fd, 0}, vmm.at(b.start), 0, 8192, 0), -1);
+        EXPECT_EQ(errno, EFAULT) << phxfs_last_error();
+        void *target = nullptr;
+        errno = 0;
+        EXPECT_EQ(phxfs_regmem(0, vmm.at(b.start), 8192, &target), -1);
+        EXPECT_EQ(errno, EFAULT) << phxfs_last_error();
+    }
+    // The mapped parts alone are fine.
+    EXPECT_EQ(phxfs_read({fd, 0}, vmm.at(g - 4096), 0, 4096, 0), 4096) << phxfs_last_error();
+    EXPECT_EQ(phxfs_read({fd, 0}, vmm.at(5 * g - 4096), 0, 4096, 0), 4096) << phxfs_last_error();
+    ::close(fd);
+}
+
+// Managed memory (cuMemAllocManaged) from a context of the caller's own:
+// read into and written from, registered and not, bytes checked by the CPU,
+// which reaches managed memory directly.
+TEST_F(GpuIo, ManagedMemoryFromOwnContext) {
+    constexpr size_t kManaged = 6 << 20;
+    const std::string path = dir_.file("gpu-managed");
+    make_pattern_file(path, kManaged + (1 << 20));
+    OwnContext mine;
+    CUdeviceptr m = 0;
+    ASSERT_EQ(cuMemAllocManaged(&m, kManaged, CU_MEM_ATTACH_GLOBAL), CUDA_SUCCESS);
+    auto *buf = reinterpret_cast<uint8_t *>(m);
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    for (int registered = 0; registered < 2; ++registered) {
+        void *target = nullptr;
+        if (registered) {
+            ASSERT_EQ(phxfs_regmem(0, buf, kManaged, &target), 0) << phxfs_last_error();
+        }
+        std::memset(buf, 0xAA, kManaged);
+        const size_t len = kManaged - 8192 - 3;
+        ASSERT_EQ(phxfs_read({fd, 0}, buf, 4096, len, 4096 + 99), static_cast<ssize_t>(len))
+            << phxfs_last_error();
+        EXPECT_EQ(current_context(), mine.get());
+        EXPECT_EQ(buf[4095], 0xAA);
+        EXPECT_EQ(first_mismatch_fast(buf + 4096, len, 4096 + 99), len);
+        EXPECT_EQ(buf[4096 + len], 0xAA);
+
+        fill_pattern_fast(buf, kManaged, 0, 3 + registered);
+        ASSERT_EQ(phxfs_write({fd, 0}, buf, 0, kManaged, 0), static_cast<ssize_t>(kManaged))
+            << phxfs_last_error();
+        std::vector<uint8_t> back(kManaged);
+        ASSERT_EQ(::pread(fd, back.data(), kManaged, 0), static_cast<ssize_t>(kManaged));
+        EXPECT_EQ(first_mismatch_fast(back.data(), kManaged, 0, 3 + registered), kManaged);
+        make_pattern_file(path, kManaged + (1 << 20));
+        if (registered) {
+            ASSERT_EQ(phxfs_deregmem(0, buf, kManaged), 0) << phxfs_last_error();
+        }
+    }
+    ::close(fd);
+    EXPECT_EQ(cuMemFree(m), CUDA_SUCCESS);
 }
 
 } // namespace

@@ -186,6 +186,19 @@ CUresult cuMemGetAddressRange(CUdeviceptr *base, size_t *size, CUdeviceptr p) {
         *size = s;
     return CUDA_SUCCESS;
 }
+// The stand-in's memory is plain allocations (as cudaMalloc's), never
+// mapped with the virtual memory API: it has no allocation handles (the real
+// driver refuses cudaMalloc memory the same way) and so no access flags,
+// which libphxfs asks for only of memory that has a handle.
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *, void *) {
+    return CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemRelease(CUmemGenericAllocationHandle) {
+    return CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemGetAccess(unsigned long long *, const CUmemLocation *, CUdeviceptr) {
+    return CUDA_ERROR_INVALID_VALUE;
+}
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned int) {
     *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
