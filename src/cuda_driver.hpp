@@ -16,6 +16,8 @@ namespace phxfs::core::cuda {
     X(cuDeviceGet)                                                                                 \
     X(cuDeviceGetName)                                                                             \
     X(cuDeviceGetPCIBusId)                                                                         \
+    X(cuDeviceGetAttribute)                                                                        \
+    X(cuFlushGPUDirectRDMAWrites)                                                                  \
     X(cuDevicePrimaryCtxRetain)                                                                    \
     X(cuDevicePrimaryCtxRelease)                                                                   \
     X(cuCtxGetCurrent)                                                                             \

@@ -327,6 +327,8 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);
         }
+        if (path == PHXFS_PATH_DIRECT && !write && got)
+            s.backend->after_direct_read();
         stats_.add(path, write, got, now_ns() - t0);
         done_to = seg.a + got;
         if (got < len)

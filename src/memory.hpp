@@ -48,6 +48,10 @@ class Backend {
     virtual StagingBuffer alloc_staging(size_t n) = 0;
     // A stream for buffers of this backend's kind.
     virtual std::unique_ptr<Stream> make_stream() = 0;
+    // Makes the bytes a direct read (the SSD's DMA into the device) wrote
+    // visible to the device's later work, where its platform does not order
+    // such writes by itself.
+    virtual void after_direct_read() {}
     // Throws Error(EFAULT) unless [p, p + n) is memory this backend serves;
     // returns what the memory is (classify(p)).
     virtual MemInfo check_range(const void *p, size_t n) const = 0;

@@ -76,6 +76,19 @@ class CudaBackend final : public Backend {
     explicit CudaBackend(int ordinal) : ordinal_(ordinal) {
         cuda::check(drv().cuDeviceGet(&dev_, ordinal), "cuDeviceGet");
         cuda::check(drv().cuDevicePrimaryCtxRetain(&ctx_, dev_), "cuDevicePrimaryCtxRetain");
+        // Peer writes into GPU memory (the SSD's DMA on the direct path)
+        // follow the GPU's relaxed memory model: they are ordered before the
+        // GPU's later work only within the scope the device reports. Where
+        // that does not reach the GPU itself (the owner), each direct read
+        // ends with a flush, as NVIDIA's GPUDirect RDMA guide asks; where it
+        // does (x86 servers, the H100 machine: OWNER), nothing is needed.
+        int ordering = 0, options = 0;
+        drv().cuDeviceGetAttribute(&ordering, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WRITES_ORDERING,
+                                   dev_);
+        drv().cuDeviceGetAttribute(&options,
+                                   CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, dev_);
+        flush_ = ordering < CU_GPU_DIRECT_RDMA_WRITES_ORDERING_OWNER &&
+                 (options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST);
     }
     ~CudaBackend() override { drv().cuDevicePrimaryCtxRelease(dev_); }
 
@@ -86,6 +99,15 @@ class CudaBackend final : public Backend {
         return StagingBuffer(p, StagingFree{ctx_});
     }
     std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
+    void after_direct_read() override {
+        if (!flush_)
+            return;
+        cuda::ContextScope scope(ctx_);
+        cuda::check(
+            drv().cuFlushGPUDirectRDMAWrites(CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TARGET_CURRENT_CTX,
+                                             CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TO_OWNER),
+            "cuFlushGPUDirectRDMAWrites");
+    }
     // The range must be memory this GPU may copy to and from. cudaMalloc and
     // managed memory are one allocation each, which must hold the whole range.
     // Memory of the virtual memory API is one reservation with physical
@@ -157,6 +179,7 @@ class CudaBackend final : public Backend {
     int ordinal_;
     CUdevice dev_ = 0;
     CUcontext ctx_ = nullptr;
+    bool flush_ = false; // direct reads end with cuFlushGPUDirectRDMAWrites
 };
 
 } // namespace

@@ -7,6 +7,8 @@
 // bytes in the stand-in's BAR, page by page.
 #include "guest.hpp"
 
+#include <dlfcn.h>
+
 using namespace phxtest;
 using namespace phxguest;
 
@@ -95,6 +97,37 @@ TEST_F(CudaPath, WriteFromGpuMemory) {
     EXPECT_EQ(stats().path[PHXFS_PATH_DIRECT].write_bytes, len);
     hostcheck_gpu(va, len, kDisk + (16 << 20));
     EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(va), len), 0);
+}
+
+// Where the platform does not order peer writes into GPU memory, a direct
+// read ends with cuFlushGPUDirectRDMAWrites before it returns; where it
+// does (OWNER, as on x86 servers), no flush is made.
+TEST_F(CudaPath, DirectReadsFlushWhereWritesAreUnordered) {
+    void *cuda = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    ASSERT_TRUE(cuda);
+    auto flushes = reinterpret_cast<unsigned long (*)()>(::dlsym(cuda, "fake_cuda_flushes"));
+    ASSERT_TRUE(flushes);
+    const uint64_t len = 1 << 20;
+    const uint64_t va = gpu_alloc(len);
+    disk_pattern(kDisk + (28 << 20), len, 83);
+    const int fd = ::open(disk_, O_RDONLY);
+    for (const char *ordering : {"0", "100"}) {
+        ::setenv("PHXFS_FAKE_CUDA_RDMA_ORDERING", ordering, 1);
+        ASSERT_EQ(phxfs_close(0), 0); // the backend reads the attribute when opened
+        ASSERT_EQ(phxfs_open(0), 0);
+        void *target = nullptr;
+        ASSERT_EQ(phxfs_regmem(0, reinterpret_cast<void *>(va), len, &target), 0)
+            << phxfs_last_error();
+        const unsigned long before = flushes();
+        ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(va), 0, len, kDisk + (28 << 20)),
+                  static_cast<ssize_t>(len))
+            << phxfs_last_error();
+        EXPECT_EQ(flushes() - before, ordering[0] == '0' ? 1u : 0u) << "ordering " << ordering;
+        EXPECT_EQ(phxfs_deregmem(0, reinterpret_cast<void *>(va), len), 0);
+    }
+    ::unsetenv("PHXFS_FAKE_CUDA_RDMA_ORDERING");
+    ::close(fd);
+    hostcheck_gpu(va, len, kDisk + (28 << 20));
 }
 
 // Not registered: the same GPU memory moves through the compat engine.

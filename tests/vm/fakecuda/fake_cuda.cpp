@@ -199,6 +199,29 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle) {
 CUresult cuMemGetAccess(unsigned long long *, const CUmemLocation *, CUdeviceptr) {
     return CUDA_ERROR_INVALID_VALUE;
 }
+// Write ordering of peer DMA into GPU memory: OWNER as on x86 servers, or
+// what PHXFS_FAKE_CUDA_RDMA_ORDERING says (read at every call), so that the
+// suite sees libphxfs flush where a platform does not order the writes.
+CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute attr, CUdevice) {
+    if (attr == CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WRITES_ORDERING) {
+        const char *e = std::getenv("PHXFS_FAKE_CUDA_RDMA_ORDERING");
+        *v = e ? std::atoi(e) : CU_GPU_DIRECT_RDMA_WRITES_ORDERING_OWNER;
+    } else if (attr == CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS) {
+        *v = CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST;
+    } else {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
+}
+static unsigned long fake_flushes = 0; // read by the suite through fake_cuda_flushes()
+CUresult cuFlushGPUDirectRDMAWrites(CUflushGPUDirectRDMAWritesTarget,
+                                    CUflushGPUDirectRDMAWritesScope) {
+    __atomic_add_fetch(&fake_flushes, 1, __ATOMIC_RELAXED);
+    return CUDA_SUCCESS;
+}
+unsigned long fake_cuda_flushes() {
+    return __atomic_load_n(&fake_flushes, __ATOMIC_RELAXED);
+}
 CUresult cuMemHostAlloc(void **p, size_t n, unsigned int) {
     *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
