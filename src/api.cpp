@@ -93,6 +93,7 @@ PHXFS_API int phxfs_get_config(struct phxfs_config *cfg) {
         const Config c = config();
         cfg->mode = c.mode;
         cfg->threads = c.threads;
+        cfg->trace = c.trace ? 1 : 0;
         cfg->chunk_bytes = c.chunk_bytes;
         cfg->staging_bytes = c.staging_bytes;
         return 0;
@@ -107,6 +108,9 @@ PHXFS_API int phxfs_set_config(const struct phxfs_config *cfg) {
         Config c;
         c.mode = static_cast<phxfs_mode>(cfg->mode);
         c.threads = cfg->threads;
+        if (cfg->trace > 1)
+            fail(EINVAL, "trace must be 0 or 1");
+        c.trace = cfg->trace == 1;
         c.chunk_bytes = cfg->chunk_bytes;
         c.staging_bytes = cfg->staging_bytes;
         set_config(c);

@@ -2,6 +2,7 @@
 
 #include "error.hpp"
 #include "fork.hpp"
+#include "trace.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -75,6 +76,7 @@ Config config_from_env() {
     c.threads = static_cast<unsigned>(env_number("PHXFS_THREADS", default_threads()));
     c.chunk_bytes = env_number("PHXFS_CHUNK_KB", 4096) * 1024;
     c.staging_bytes = env_number("PHXFS_STAGING_MB", 0) << 20;
+    c.trace = trace::from_env();
     if (c.staging_bytes == 0) // two chunks per worker by default
         c.staging_bytes = 2 * c.chunk_bytes * c.threads;
     validate(c);

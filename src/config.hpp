@@ -13,6 +13,7 @@ struct Config {
     unsigned threads = 0;     // 0 until resolved
     size_t chunk_bytes = 0;   // multiple of kAlign
     size_t staging_bytes = 0; // per device
+    bool trace = false;       // the path trace (trace.hpp)
 };
 
 inline constexpr size_t kAlign = 4096; // O_DIRECT alignment we always honour

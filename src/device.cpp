@@ -1,9 +1,10 @@
 #include "device.hpp"
 
 #include "config.hpp"
-#include "direct.hpp"
 #include "error.hpp"
 #include "no_destructor.hpp"
+#include "request.hpp"
+#include "trace.hpp"
 
 #include <unistd.h>
 
@@ -22,12 +23,6 @@ std::string hex(uint64_t v) {
 
 bool overflows(uintptr_t a, size_t n) {
     return a + n < a;
-}
-
-// Errors with which the kernel refuses O_DIRECT on a mapping, as opposed to
-// failing the I/O itself.
-bool refused_direct(int err) {
-    return err == EINVAL || err == EFAULT || err == EOPNOTSUPP;
 }
 
 void copy_str(char *dst, size_t cap, const std::string &s) {
@@ -241,107 +236,19 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
         }
     }
     File file(fd, write);
-    const FileInfo &fi = file.info();
     if (n == 0)
         return 0;
     if (overflows(a, n))
         fail(EINVAL, "buffer range overflows");
-    Session &s = *session;
-    const Resolved r = resolve(s, use.get(), p, n);
-    const phxfs_mode mode = config().mode;
-
-    uint64_t end = off + n;
-    if (!write && fi.size)
-        end = std::min<uint64_t>(end, std::max<uint64_t>(*fi.size, off));
-
-    // The direct part: whole 4 KiB blocks whose device address is aligned too.
-    uint64_t ma = off, mb = off;
-    int dfd = -1; // the O_DIRECT fd of the direct part
-    // Why the direct path does not serve the request; built only for the
-    // error of direct mode (the common compat path allocates nothing).
-    std::string why;
-    const char *why_not = nullptr;
-    if (mode == PHXFS_MODE_COMPAT) {
-        why_not = "compat mode";
-    } else if (!r.direct) {
-        why_not = s.why_not_direct.empty() ? "buffer is not registered with phxfs_regmem"
-                                           : s.why_not_direct.c_str();
-    } else if ((reinterpret_cast<uintptr_t>(r.direct) - off) % kAlign) {
-        why_not = "buffer address and file offset differ in alignment within 4 KiB";
-    } else {
-        why_not = s.why_not_direct.c_str();
-        ma = std::min(align_up(off, kAlign), end);
-        mb = std::max(align_down(end, kAlign), ma);
-        if (ma < mb && (dfd = file.fd_with(true)) < 0) {
-            why = "file refuses O_DIRECT: " + file.why_no_twin(true);
-            ma = mb = off;
-        }
-    }
-    if (mode == PHXFS_MODE_DIRECT && (ma != off || mb != end))
-        fail(ENOTSUP, "direct mode: " +
-                          (ma == mb ? (why.empty() ? std::string(why_not) : why)
-                                    : std::string("unaligned head or tail (offsets and lengths "
-                                                  "must be 4 KiB multiples)")));
-    // Auto mode on a device the module serves, sending (part of) it to compat.
-    const bool auto_direct = mode == PHXFS_MODE_AUTO && s.node;
-    if (auto_direct && (ma != off || mb != end))
-        stats_.fallback();
-
-    struct Segment {
-        uint64_t a, b;
-        bool direct;
-    };
-    const Segment segs[] = {{off, ma, false}, {ma, mb, true}, {mb, end, false}};
-    uint64_t done_to = off;
-    auto compat = [&](uint64_t a, size_t len) -> size_t {
-        if (write) {
-            s.compat->write(file, r.buf + (a - off), r.kind, len, a);
-            return len;
-        }
-        return s.compat->read(file, r.buf + (a - off), r.kind, len, a);
-    };
-    auto direct = [&](uint64_t a, size_t len) -> size_t {
-        char *mapped = r.direct + (a - off);
-        if (write) {
-            direct_write(dfd, mapped, len, a);
-            return len;
-        }
-        return direct_read(dfd, mapped, len, a);
-    };
-    for (const Segment &seg : segs) {
-        if (seg.a == seg.b)
-            continue;
-        const uint64_t t0 = now_ns();
-        const size_t len = seg.b - seg.a;
-        phxfs_path path = seg.direct ? PHXFS_PATH_DIRECT : PHXFS_PATH_COMPAT;
-        size_t got = 0;
-        try {
-            got = seg.direct ? direct(seg.a, len) : compat(seg.a, len);
-        } catch (const Error &e) {
-            // The kernel may still refuse O_DIRECT on the mapping (a file
-            // system without direct I/O for this file, GUP refusing device
-            // pages on a P2PDMA kernel): auto mode bounces the segment.
-            if (!seg.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
-                throw;
-            stats_.fallback();
-            path = PHXFS_PATH_COMPAT;
-            got = compat(seg.a, len);
-        }
-        if (path == PHXFS_PATH_DIRECT && !write && got)
-            s.backend->after_direct_read();
-        stats_.add(path, write, got, now_ns() - t0);
-        done_to = seg.a + got;
-        if (got < len)
-            break; // end of file
-    }
-    return static_cast<size_t>(done_to - off);
+    const Request req{write, id_, file, resolve(*session, use.get(), p, n), n, off};
+    return run_request(*session, stats_, req);
 }
 
 size_t Device::read(int fd, void *buf, size_t n, uint64_t off) {
     try {
         return transfer(false, fd, static_cast<char *>(buf), n, off);
-    } catch (...) {
-        stats_.error();
+    } catch (const std::exception &e) {
+        failed(false, fd, n, off, e);
         throw;
     }
 }
@@ -349,10 +256,16 @@ size_t Device::read(int fd, void *buf, size_t n, uint64_t off) {
 size_t Device::write(int fd, const void *buf, size_t n, uint64_t off) {
     try {
         return transfer(true, fd, const_cast<char *>(static_cast<const char *>(buf)), n, off);
-    } catch (...) {
-        stats_.error();
+    } catch (const std::exception &e) {
+        failed(true, fd, n, off, e);
         throw;
     }
+}
+
+void Device::failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e) {
+    stats_.error();
+    if (config().trace)
+        trace::write(request_name(write, id_, fd, n, off) + ": failed: " + e.what());
 }
 
 void Device::info(phxfs_device_info &out) const {

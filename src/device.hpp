@@ -95,6 +95,7 @@ class Device {
     std::shared_ptr<Session> make_session();
     Resolved resolve(Session &s, const Registration *reg, char *p, size_t n) const;
     size_t transfer(bool write, int fd, char *p, size_t n, uint64_t off);
+    void failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e);
     std::unique_ptr<KmodMapping> map(Session &s, uintptr_t addr, size_t len) const;
     static void drop(std::shared_ptr<Registration> reg);
 

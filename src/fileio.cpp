@@ -46,16 +46,20 @@ FileInfo inspect_fd(int fd, bool for_write) {
     if (for_write && fi.append)
         fail(EINVAL, "fd " + std::to_string(fd) +
                          " has O_APPEND: positional writes would land at the end of the file");
-    struct stat st {};
-    if (::fstat(fd, &st) < 0)
-        fail_errno("fstat");
-    if (S_ISREG(st.st_mode)) {
-        fi.size = static_cast<uint64_t>(st.st_size);
-    } else if (S_ISBLK(st.st_mode)) {
+    struct statx st {};
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE | STATX_DIOALIGN, &st) < 0)
+        fail_errno("statx");
+    if (st.stx_mask & STATX_DIOALIGN) {
+        fi.dio_offset_align = st.stx_dio_offset_align;
+        fi.dio_mem_align = std::max(st.stx_dio_mem_align, 1u);
+    }
+    if (S_ISREG(st.stx_mode)) {
+        fi.size = static_cast<uint64_t>(st.stx_size);
+    } else if (S_ISBLK(st.stx_mode)) {
         uint64_t bytes = 0;
         if (::ioctl(fd, BLKGETSIZE64, &bytes) == 0)
             fi.size = bytes;
-    } else if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+    } else if (S_ISFIFO(st.stx_mode) || S_ISSOCK(st.stx_mode)) {
         fail(ESPIPE, "fd " + std::to_string(fd) + " is a pipe or socket: no positional I/O");
     }
     return fi;

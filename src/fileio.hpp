@@ -39,6 +39,12 @@ struct FileInfo {
     bool append = false; // opened with O_APPEND
     // Bytes in the file or block device; nullopt for other files.
     std::optional<uint64_t> size;
+    // What O_DIRECT needs on this file, from statx(STATX_DIOALIGN) where the
+    // kernel and file system report it (6.1+), else the 4 KiB every Linux
+    // storage stack takes: file offsets and lengths multiples of
+    // dio_offset_align (0: the file has no direct I/O), buffer addresses of
+    // dio_mem_align.
+    uint32_t dio_offset_align = 4096, dio_mem_align = 4096;
 };
 
 // Inspects fd for an operation; throws EBADF for a closed fd or one not open

@@ -124,15 +124,20 @@ enum phxfs_mode {
 
 /*
  * Tunables. Defaults come from the environment (PHXFS_MODE=auto|direct|compat,
- * PHXFS_THREADS, PHXFS_CHUNK_KB, PHXFS_STAGING_MB) and else from built-in
- * values; phxfs_set_config() overrides both. Set size = sizeof(struct) before
+ * PHXFS_THREADS, PHXFS_CHUNK_KB, PHXFS_STAGING_MB, PHXFS_TRACE) and else from
+ * built-in values; phxfs_set_config() overrides both.
+ *
+ * The path trace (trace = 1, or PHXFS_TRACE=1|stderr|<file>) writes one line
+ * per read and write: which path moved how many bytes, why the direct path
+ * did not serve the rest, and errors. Off by default: the library then
+ * prints nothing. Set size = sizeof(struct) before
  * phxfs_get_config()/phxfs_set_config().
  */
 struct phxfs_config {
 	uint32_t size;
 	uint32_t mode;		/* enum phxfs_mode */
 	uint32_t threads;	/* compat workers (1..256) */
-	uint32_t reserved;
+	uint32_t trace;		/* 1: log each call's path and why (PHXFS_TRACE) */
 	uint64_t chunk_bytes;	/* compat pipeline chunk, 4 KiB multiple */
 	uint64_t staging_bytes;	/* pinned staging memory in all, per device */
 };

@@ -144,6 +144,15 @@ void print_text(const json &j) {
         std::printf("  a read into device %d memory would take: %s (%s)\n", r["device"].get<int>(),
                     r["path"].get<std::string>().c_str(), r["reason"].get<std::string>().c_str());
     }
+    // Where the prediction above ends, the trace shows what each call did.
+    if (c["trace"].get<bool>())
+        std::printf("path trace: on (%s): one line per read and write, the path it took and why\n",
+                    c.contains("env_trace")
+                        ? ("PHXFS_TRACE=" + c["env_trace"].get<std::string>()).c_str()
+                        : "phxfs_config.trace");
+    else
+        std::printf("path trace: off; run your program with PHXFS_TRACE=stderr (or =FILE) to see "
+                    "which path each read and write takes and why\n");
 }
 
 } // namespace
@@ -172,9 +181,12 @@ int main(int argc, char **argv) {
         j["config"] = {{"mode", phxfs_mode_name(static_cast<phxfs_mode>(cfg.mode))},
                        {"threads", cfg.threads},
                        {"chunk_bytes", cfg.chunk_bytes},
-                       {"staging_bytes", cfg.staging_bytes}};
+                       {"staging_bytes", cfg.staging_bytes},
+                       {"trace", cfg.trace == 1}};
         if (const char *m = std::getenv("PHXFS_MODE"))
             j["config"]["env_mode"] = m;
+        if (const char *t = std::getenv("PHXFS_TRACE"))
+            j["config"]["env_trace"] = t;
     } else {
         std::fprintf(stderr, "phxfs-check: phxfs_get_config: %s\n", phxfs_last_error());
         return 1;

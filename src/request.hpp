@@ -1,0 +1,31 @@
+// One read or write once its buffer and file are known: which bytes go by
+// the direct path and which through the compat engine, running both,
+// counting them, and the path trace's line.
+#pragma once
+
+#include "device.hpp"
+#include "fileio.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace phxfs::core {
+
+struct Request {
+    bool write = false;
+    int device_id = 0;
+    File &file;
+    Resolved where; // the buffer
+    size_t n = 0;   // bytes asked for, n > 0
+    uint64_t off = 0;
+};
+
+// Runs req on session s and counts it in stats; returns the bytes moved
+// (short only at end of file), or throws.
+size_t run_request(Session &s, Stats &stats, const Request &req);
+
+// "read dev 0 fd 5 4096 B at 0": how the path trace names a request.
+std::string request_name(bool write, int device_id, int fd, size_t n, uint64_t off);
+
+} // namespace phxfs::core
