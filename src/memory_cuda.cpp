@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 
 namespace phxfs::core {
 
@@ -117,6 +118,8 @@ class CudaBackend final : public Backend {
     MemInfo check_range(const void *p, size_t n) const override {
         if (!p)
             fail(EFAULT, "NULL buffer");
+        if (auto mi = check_one_range(p, n))
+            return *mi;
         const MemInfo mi = classify(p);
         if (mi.kind != MemKind::cuda)
             return mi; // host memory is always usable
@@ -162,6 +165,47 @@ class CudaBackend final : public Backend {
     }
 
   private:
+    // The common cases in one driver call, as every request pays for it:
+    // pinned host memory, or a range inside one cudaMalloc or managed
+    // allocation that this GPU may read and write. nullopt sends the caller
+    // to the walk above (virtual-memory-API and pool memory, pageable host
+    // memory, errors), which also words the errors. (The range attributes
+    // of virtual-memory-API memory span its whole reservation, holes
+    // included, so they prove nothing there.)
+    std::optional<MemInfo> check_one_range(const void *p, size_t n) const {
+        CUmemorytype type{};
+        int ordinal = -1;
+        unsigned managed = 0;
+        CUdeviceptr start = 0;
+        size_t size = 0;
+        unsigned long long access = 0;
+        unsigned legacy = 0; // cudaMalloc memory, as opposed to the virtual memory API's
+        CUpointer_attribute attrs[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                       CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                       CU_POINTER_ATTRIBUTE_IS_MANAGED,
+                                       CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                       CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+                                       CU_POINTER_ATTRIBUTE_ACCESS_FLAGS,
+                                       CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE};
+        void *data[] = {&type, &ordinal, &managed, &start, &size, &access, &legacy};
+        const auto a = reinterpret_cast<CUdeviceptr>(p);
+        // Access flags are those of the current context's device: ours.
+        cuda::ContextScope scope(ctx_);
+        if (drv().cuPointerGetAttributes(7, attrs, data, a) != CUDA_SUCCESS)
+            return std::nullopt;
+        if (type == CU_MEMORYTYPE_HOST && !managed)
+            return MemInfo{}; // pinned host memory
+        if (type != CU_MEMORYTYPE_DEVICE && !managed)
+            return std::nullopt;
+        if ((!legacy && !managed) || a < start || a + n > start + size)
+            return std::nullopt;
+        if (managed)
+            return MemInfo{MemKind::cuda, ordinal, true};
+        if (ordinal != ordinal_ || access != CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE)
+            return std::nullopt;
+        return MemInfo{MemKind::cuda, ordinal, false};
+    }
+
     // Without read-write access for this GPU (cuMemSetAccess), its copies
     // into the segment would fault, and a fault spoils the whole context.
     void check_access(const std::string &range, CUdeviceptr at) const {
