@@ -1,10 +1,10 @@
-// libphxfs on a real GPU under failures it cannot cause itself (src/fault.hpp:
+// libphxfs on a real GPU under failures it cannot cause itself (src/core/fault.hpp:
 // pinned staging that cannot be allocated, streams that cannot be created,
 // copies that fail) and in a forked child of a process that initialised
 // CUDA: clear errors, no hang, no staging left behind, and a library that
 // works again once the fault is gone. Runs on a GPU machine (ctest -L gpu).
 #include "../unit/testutil.hpp"
-#include "fault.hpp"
+#include "core/fault.hpp"
 
 #include <cuda_runtime.h>
 

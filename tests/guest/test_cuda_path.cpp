@@ -28,7 +28,7 @@ class CudaPath : public ::testing::Test {
         ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
         ASSERT_EQ(info.kind, PHXFS_DEVICE_CUDA)
             << info.name << ": the fake CUDA driver did not load (it must export every call of "
-            << "src/cuda_driver.hpp; phxfs-check says which is missing)";
+            << "src/memory/cuda_driver.hpp; phxfs-check says which is missing)";
         ASSERT_EQ(info.direct, 1) << info.why_not_direct;
         ASSERT_EQ(info.kmod_index, 1) << "the nvidia provider's node";
         ASSERT_EQ(phxfs_reset_stats(0), 0);

@@ -1,6 +1,6 @@
 // Configuration from the environment (PHXFS_MODE and friends).
-#include "../../src/config.hpp"
-#include "../../src/error.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
 
 #include <gtest/gtest.h>
 

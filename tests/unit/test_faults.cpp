@@ -1,8 +1,8 @@
-// Failures injected where libphxfs meets the kernel and the GPU (src/fault.hpp):
+// Failures injected where libphxfs meets the kernel and the GPU (src/core/fault.hpp):
 // every one surfaces as a clear error with its errno, nothing hangs, no
 // staging memory is lost, a failed write is never reported complete, and a
 // registration never waits behind I/O on other memory.
-#include "fault.hpp"
+#include "core/fault.hpp"
 #include "testutil.hpp"
 
 #include <atomic>

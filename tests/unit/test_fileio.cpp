@@ -1,6 +1,6 @@
 // The library's second fds on the user's file (the O_DIRECT twin, the
 // buffered one for unaligned edges) behave like the user's own fd.
-#include "../../src/fileio.hpp"
+#include "engine/fileio.hpp"
 #include "testutil.hpp"
 
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-// What a child of fork() gets (src/fork.hpp): every device closed, the
+// What a child of fork() gets (src/core/fork.hpp): every device closed, the
 // parent's registrations untouched, a library that works once reopened, and
 // no hang whatever the parent's threads held at the fork.
 #include "testutil.hpp"

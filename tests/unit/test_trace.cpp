@@ -1,4 +1,4 @@
-// The path trace (src/trace.hpp): silent unless asked; asked, one line per
+// The path trace (src/core/trace.hpp): silent unless asked; asked, one line per
 // call with the path, the bytes and why the direct path did not serve them,
 // and failures with their message.
 #include "testutil.hpp"

@@ -1,7 +1,7 @@
 // The worker pool under the engines: a request's body refers to its
 // caller's stack frame, so run_parallel() must not return, normally or by an
 // exception, while a pool worker runs or may still start that body.
-#include "../../src/workers.hpp"
+#include "engine/workers.hpp"
 
 #include <gtest/gtest.h>
 

@@ -8,7 +8,7 @@
 // "GPU" to phxfs.ko's nvidia node exactly as it matches a real one.
 //
 // Environment: PHXFS_FAKE_CUDA_BDF, the stand-in BAR's PCI device.
-// Only the calls libphxfs uses (src/cuda_driver.hpp) exist; copies are
+// Only the calls libphxfs uses (src/memory/cuda_driver.hpp) exist; copies are
 // synchronous, streams and contexts are tokens.
 #include <cuda.h>
 

@@ -1,9 +1,9 @@
-#include "direct.hpp"
+#include "engine/direct.hpp"
 
-#include "config.hpp"
-#include "error.hpp"
-#include "fileio.hpp"
-#include "workers.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "engine/fileio.hpp"
+#include "engine/workers.hpp"
 
 #include <algorithm>
 #include <atomic>

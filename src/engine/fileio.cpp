@@ -1,7 +1,7 @@
-#include "fileio.hpp"
+#include "engine/fileio.hpp"
 
-#include "error.hpp"
-#include "fault.hpp"
+#include "core/error.hpp"
+#include "core/fault.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>

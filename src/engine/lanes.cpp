@@ -1,7 +1,7 @@
-#include "lanes.hpp"
+#include "engine/lanes.hpp"
 
-#include "error.hpp"
-#include "fault.hpp"
+#include "core/error.hpp"
+#include "core/fault.hpp"
 
 #include <string>
 

@@ -1,10 +1,10 @@
-#include "device.hpp"
+#include "core/device.hpp"
 
-#include "config.hpp"
-#include "error.hpp"
-#include "no_destructor.hpp"
-#include "request.hpp"
-#include "trace.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/no_destructor.hpp"
+#include "core/request.hpp"
+#include "core/trace.hpp"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "trace.hpp"
+#include "core/trace.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -11,10 +11,10 @@
 // same for every registration; the session goes when its last request does.
 #pragma once
 
-#include "compat.hpp"
-#include "kmod.hpp"
-#include "memory.hpp"
-#include "stats.hpp"
+#include "core/stats.hpp"
+#include "engine/compat.hpp"
+#include "kernel/kmod.hpp"
+#include "memory/memory.hpp"
 
 #include <phxfs/phxfs.h>
 

@@ -1,7 +1,7 @@
-#include "cuda_driver.hpp"
+#include "memory/cuda_driver.hpp"
 
-#include "error.hpp"
-#include "memory.hpp"
+#include "core/error.hpp"
+#include "memory/memory.hpp"
 
 #include <dlfcn.h>
 

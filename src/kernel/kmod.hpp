@@ -2,7 +2,7 @@
 // and RAII mappings of device memory into this process.
 #pragma once
 
-#include "fileio.hpp"
+#include "engine/fileio.hpp"
 
 #include <phxfs/phxfs_ioctl.h>
 

@@ -3,10 +3,10 @@
 // parallel on one request.
 #pragma once
 
-#include "config.hpp"
-#include "fileio.hpp"
-#include "lanes.hpp"
-#include "memory.hpp"
+#include "core/config.hpp"
+#include "engine/fileio.hpp"
+#include "engine/lanes.hpp"
+#include "memory/memory.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -1,9 +1,9 @@
-#include "fork.hpp"
+#include "core/fork.hpp"
 
-#include "config.hpp"
-#include "device.hpp"
-#include "memory.hpp"
-#include "workers.hpp"
+#include "core/config.hpp"
+#include "core/device.hpp"
+#include "engine/workers.hpp"
+#include "memory/memory.hpp"
 
 #include <pthread.h>
 

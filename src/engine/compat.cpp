@@ -1,9 +1,9 @@
-#include "compat.hpp"
+#include "engine/compat.hpp"
 
-#include "config.hpp"
-#include "error.hpp"
-#include "fault.hpp"
-#include "workers.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/fault.hpp"
+#include "engine/workers.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -1,9 +1,9 @@
 // The CUDA backend: buffers are CUDA device memory of one GPU (cudaMalloc,
 // the virtual memory API, or managed memory); staging is pinned host memory;
 // copies are asynchronous on a stream of the GPU's primary context.
-#include "cuda_driver.hpp"
-#include "error.hpp"
-#include "memory.hpp"
+#include "core/error.hpp"
+#include "memory/cuda_driver.hpp"
+#include "memory/memory.hpp"
 
 #include <cctype>
 #include <cstdio>

@@ -3,8 +3,8 @@
 // counting them, and the path trace's line.
 #pragma once
 
-#include "device.hpp"
-#include "fileio.hpp"
+#include "core/device.hpp"
+#include "engine/fileio.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -1,8 +1,8 @@
-#include "config.hpp"
+#include "core/config.hpp"
 
-#include "error.hpp"
-#include "fork.hpp"
-#include "trace.hpp"
+#include "core/error.hpp"
+#include "core/fork.hpp"
+#include "core/trace.hpp"
 
 #include <algorithm>
 #include <cstdlib>

@@ -2,9 +2,9 @@
 // 0..G-1 in CUDA's order and are matched to the phxfs.ko node serving the
 // same PCI device; nodes serving no GPU (pcibar) follow; a machine with
 // neither has one host-memory device.
-#include "device.hpp"
-#include "error.hpp"
-#include "fork.hpp"
+#include "core/device.hpp"
+#include "core/error.hpp"
+#include "core/fork.hpp"
 
 #include <unistd.h>
 

@@ -1,9 +1,9 @@
 // The host backend: plain host memory stands in for device memory, on
 // CPU-only machines and in tests. Staging still runs, so the compat pipeline
 // is the same code with and without a GPU.
-#include "memory.hpp"
+#include "memory/memory.hpp"
 
-#include "error.hpp"
+#include "core/error.hpp"
 
 #include <sys/mman.h>
 

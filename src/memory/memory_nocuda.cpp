@@ -1,7 +1,7 @@
 // Built instead of the CUDA backend where CUDA headers are absent: the library
 // still works on host memory and says why there is no GPU.
-#include "error.hpp"
-#include "memory.hpp"
+#include "core/error.hpp"
+#include "memory/memory.hpp"
 
 #include <cstdlib>
 

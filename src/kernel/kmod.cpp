@@ -1,6 +1,6 @@
-#include "kmod.hpp"
+#include "kernel/kmod.hpp"
 
-#include "error.hpp"
+#include "core/error.hpp"
 
 #include <fcntl.h>
 #include <sys/ioctl.h>

@@ -1,9 +1,9 @@
-#include "request.hpp"
+#include "core/request.hpp"
 
-#include "config.hpp"
-#include "direct.hpp"
-#include "error.hpp"
-#include "trace.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "core/trace.hpp"
+#include "engine/direct.hpp"
 
 #include <algorithm>
 

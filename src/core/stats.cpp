@@ -1,4 +1,4 @@
-#include "stats.hpp"
+#include "core/stats.hpp"
 
 namespace phxfs::core {
 

@@ -1,8 +1,8 @@
 // The public C API: argument checks, then the device layer; every failure
 // becomes -1, errno and a last-error message.
-#include "config.hpp"
-#include "device.hpp"
-#include "error.hpp"
+#include "core/config.hpp"
+#include "core/device.hpp"
+#include "core/error.hpp"
 
 #include <phxfs/phxfs.h>
 

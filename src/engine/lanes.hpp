@@ -5,7 +5,7 @@
 // memory.
 #pragma once
 
-#include "memory.hpp"
+#include "memory/memory.hpp"
 
 #include <atomic>
 #include <condition_variable>

@@ -1,4 +1,4 @@
-#include "workers.hpp"
+#include "engine/workers.hpp"
 
 #include <algorithm>
 #include <atomic>
