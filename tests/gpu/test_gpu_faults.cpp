@@ -3,8 +3,8 @@
 // copies that fail) and in a forked child of a process that initialised
 // CUDA: clear errors, no hang, no staging left behind, and a library that
 // works again once the fault is gone. Runs on a GPU machine (ctest -L gpu).
-#include "../unit/testutil.hpp"
 #include "core/fault.hpp"
+#include "gpu_test.hpp"
 
 #include <cuda_runtime.h>
 
@@ -20,28 +20,27 @@ namespace {
 
 constexpr size_t kLen = 16 << 20;
 
-class GpuFaults : public DeviceTest {
+class GpuFaults : public GpuTest {
   protected:
     void SetUp() override {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0)
-            GTEST_SKIP() << "no GPU";
-        DeviceTest::SetUp();
+        GpuTest::SetUp();
+        if (IsSkipped() || HasFatalFailure())
+            return;
         small_chunks(4, 1 << 20);
         ASSERT_EQ(cudaMalloc(&gpu_, kLen), cudaSuccess);
-        path_ = dir_.file("data");
-        make_pattern_file(path_, kLen);
+        path_ = pattern_file("data", kLen);
         fd_ = ::open(path_.c_str(), O_RDWR);
         ASSERT_GE(fd_, 0);
     }
     void TearDown() override {
-        if (!gpu_)
-            return;
         fault::disarm();
-        ::close(fd_);
-        cudaFree(gpu_);
-        DeviceTest::TearDown();
-        EXPECT_EQ(staging(), 0u) << "the last close frees every lane";
+        if (fd_ >= 0)
+            ::close(fd_);
+        if (gpu_)
+            cudaFree(gpu_);
+        GpuTest::TearDown();
+        if (opened_)
+            EXPECT_EQ(staging(), 0u) << "the last close frees every lane";
     }
     uint64_t staging() {
         phxfs_stats st{};

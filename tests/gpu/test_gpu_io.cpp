@@ -2,7 +2,7 @@
 // API, managed memory): phxfs_read into device memory and phxfs_write out of
 // it match the file byte for byte, aligned and unaligned, registered and not.
 // Runs on a GPU machine (ctest -L gpu).
-#include "../unit/testutil.hpp"
+#include "gpu_test.hpp"
 
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -18,25 +18,19 @@ namespace {
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 #define CU_OK(call) ASSERT_EQ((call), CUDA_SUCCESS) << #call
 
-class GpuIo : public DeviceTest {
+class GpuIo : public GpuTest {
   protected:
     void SetUp() override {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0)
-            GTEST_SKIP() << "no GPU";
-        DeviceTest::SetUp();
-        phxfs_device_info info{};
-        info.size = sizeof info;
-        ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
-        ASSERT_EQ(info.kind, PHXFS_DEVICE_CUDA) << "device 0 must be the GPU";
+        GpuTest::SetUp();
+        if (IsSkipped() || HasFatalFailure())
+            return;
         CUDA_OK(cudaMalloc(&gpu_, kBuf));
         CUDA_OK(cudaMemset(gpu_, 0xAA, kBuf));
     }
     void TearDown() override {
-        if (gpu_) {
+        if (gpu_)
             cudaFree(gpu_);
-            DeviceTest::TearDown();
-        }
+        GpuTest::TearDown();
     }
     std::vector<uint8_t> from_gpu(size_t off, size_t n) {
         std::vector<uint8_t> h(n);

@@ -61,8 +61,7 @@ class Faults : public DeviceTest {
     void SetUp() override {
         DeviceTest::SetUp();
         small_chunks(4, kChunk);
-        path_ = dir_.file("data");
-        make_pattern_file(path_, kFile);
+        path_ = pattern_file("data", kFile);
     }
     void TearDown() override {
         fault::disarm();

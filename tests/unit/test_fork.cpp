@@ -47,8 +47,7 @@ class Fork : public DeviceTest {
     void SetUp() override {
         DeviceTest::SetUp();
         small_chunks(4, kChunk);
-        path_ = dir_.file("data");
-        make_pattern_file(path_, kFile);
+        path_ = pattern_file("data", kFile);
         fd_ = ::open(path_.c_str(), O_RDONLY);
         ASSERT_GE(fd_, 0);
     }

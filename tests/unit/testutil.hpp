@@ -145,6 +145,12 @@ class DeviceTest : public ::testing::Test {
         c.staging_bytes = 2 * chunk * threads;
         ASSERT_EQ(phxfs_set_config(&c), 0) << phxfs_last_error();
     }
+    // A pattern file of n bytes in the test's directory; returns its path.
+    std::string pattern_file(const char *name, uint64_t n) {
+        const std::string path = dir_.file(name);
+        make_pattern_file(path, n);
+        return path;
+    }
     TempDir dir_;
     phxfs_config saved_{};
 };
