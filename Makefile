@@ -40,6 +40,7 @@ asan: deps
 		-DPHXFS_BUILD_EXAMPLES=OFF
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 	cd $(BUILD_ASAN) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		ASAN_OPTIONS=detect_stack_use_after_return=1 \
 		ctest -L unit --output-on-failure -j $(JOBS)
 
 # The unit tests under ThreadSanitizer. RelWithDebInfo, not Debug: it builds
