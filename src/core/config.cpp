@@ -92,6 +92,15 @@ Config config() {
 
 void config_after_fork_child() {
     new (&cfg_mutex) std::mutex; // the old one is never unlocked: no thread owns it here
+    // A parent thread may have been writing the values: keep them only if
+    // they hold together, else start again from the environment.
+    if (cfg_loaded) {
+        try {
+            validate(cfg_current);
+        } catch (const Error &) {
+            cfg_loaded = false;
+        }
+    }
 }
 
 void set_config(const Config &c) {

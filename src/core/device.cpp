@@ -37,9 +37,18 @@ RegistrationUse::RegistrationUse(std::shared_ptr<Registration> reg) : reg_(std::
         reg_->users.fetch_add(1);
 }
 
-RegistrationUse::~RegistrationUse() {
+RegistrationUse &RegistrationUse::operator=(RegistrationUse &&o) noexcept {
+    if (this != &o) {
+        release();
+        reg_ = std::move(o.reg_);
+    }
+    return *this;
+}
+
+void RegistrationUse::release() {
     if (reg_ && reg_->users.fetch_sub(1) == 1)
         reg_->users.notify_all();
+    reg_.reset();
 }
 
 Device::Device(int id, phxfs_device_kind kind, int cuda_ordinal, int kmod_index, std::string name,
@@ -54,6 +63,10 @@ std::unique_ptr<Device> Device::fresh_for_child() const {
     auto d = std::make_unique<Device>(id_, kind_, cuda_ordinal_, kmod_index_, name_, pci_bus_id_,
                                       why_not_direct_);
     d->opened_before_fork_ = opened_before_fork_ || opens_ > 0;
+    // The parent's node stays open in the parent; the child's copy of the
+    // fd is of no use to it and would keep the module's file alive.
+    if (const int fd = node_fd_.load(); fd >= 0)
+        ::close(fd);
     return d;
 }
 
@@ -98,31 +111,43 @@ void Device::open() {
     }
     auto s = make_session(); // may take long (CUDA context, module node): no m_
     std::lock_guard lock(m_);
+    node_fd_ = s->node ? s->node->fd() : -1;
     session_ = std::move(s);
     opens_ = 1;
 }
 
-// Unmaps reg once no request uses it any more. The caller has taken it out
-// of the table, so no new use can start.
-void Device::drop(std::shared_ptr<Registration> reg) {
+// Unmaps reg once no request uses it any more, here and now (a request's
+// last reference may outlive its use by a moment). The caller has made sure
+// that no new use can start (dying, or out of the table).
+void Device::drop(const std::shared_ptr<Registration> &reg) {
     for (unsigned u; (u = reg->users.load()) != 0;)
         reg->users.wait(u);
-    reg.reset();
+    reg->mapping.reset();
+    reg->session.reset();
 }
 
 void Device::close() {
-    std::lock_guard ops(reg_ops_);
+    std::lock_guard ops(reg_ops_); // an open after us waits until all is unmapped
     std::map<uintptr_t, std::shared_ptr<Registration>> regs;
+    std::shared_ptr<Session> session; // released last, outside m_
     {
         std::lock_guard lock(m_);
         session_locked();
         if (--opens_ > 0)
             return;
         regs.swap(regs_);
-        session_.reset(); // requests in flight hold their own reference
+        session.swap(session_); // requests in flight hold their own reference
+        node_fd_ = -1;
+        for (auto &[addr, reg] : regs) {
+            if (reg->dying)
+                reg.reset(); // a deregmem under way drops it
+            else
+                reg->dying = true;
+        }
     }
     for (auto &[addr, reg] : regs)
-        drop(std::move(reg));
+        if (reg)
+            drop(reg);
 }
 
 std::unique_ptr<KmodMapping> Device::map(Session &s, uintptr_t addr, size_t len) const {
@@ -187,19 +212,28 @@ void *Device::regmem(const void *addr, size_t len) {
 }
 
 void Device::deregmem(const void *addr, size_t len) {
-    std::lock_guard ops(reg_ops_);
+    const auto a = reinterpret_cast<uintptr_t>(addr);
     std::shared_ptr<Registration> reg;
     {
+        std::lock_guard ops(reg_ops_);
         std::lock_guard lock(m_);
         session_locked();
-        auto it = regs_.find(reinterpret_cast<uintptr_t>(addr));
-        if (it == regs_.end() || it->second->len != len)
-            fail(EINVAL, "no registration of " + hex(reinterpret_cast<uintptr_t>(addr)) + "+" +
-                             std::to_string(len) + " on device " + std::to_string(id_));
-        reg = std::move(it->second);
-        regs_.erase(it);
+        auto it = regs_.find(a);
+        if (it == regs_.end() || it->second->len != len || it->second->dying)
+            fail(EINVAL, "no registration of " + hex(a) + "+" + std::to_string(len) +
+                             " on device " + std::to_string(id_) +
+                             (it != regs_.end() && it->second->dying
+                                  ? " (another thread is deregistering it)"
+                                  : ""));
+        reg = it->second;
+        reg->dying = true;
     }
-    drop(std::move(reg));
+    // Waits for the requests using this registration only, holding no lock:
+    // other registrations and requests carry on.
+    drop(reg);
+    std::lock_guard lock(m_);
+    if (auto it = regs_.find(a); it != regs_.end() && it->second == reg)
+        regs_.erase(it);
 }
 
 Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n) const {
@@ -231,7 +265,7 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
         session = session_locked();
         if (auto it = regs_.upper_bound(a); it != regs_.begin() && !overflows(a, n)) {
             const auto &r = std::prev(it)->second;
-            if (r->start <= a && a + n <= r->start + r->len)
+            if (!r->dying && r->start <= a && a + n <= r->start + r->len)
                 use = RegistrationUse(r);
         }
     }

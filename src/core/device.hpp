@@ -7,8 +7,10 @@
 // lock while it moves data. So a phxfs_regmem/deregmem never waits behind
 // I/O on other buffers, and I/O never waits behind a registration:
 // deregmem takes the registration out of the table, waits only for the
-// requests using that one registration, then unmaps it. phxfs_close does the
-// same for every registration; the session goes when its last request does.
+// requests using that one registration, then unmaps it; meanwhile the
+// registration stays in the table (an overlapping regmem is refused) but no
+// request starts using it. phxfs_close does the same for every registration;
+// the session goes when its last request does.
 #pragma once
 
 #include "core/stats.hpp"
@@ -42,6 +44,7 @@ struct Registration {
     std::shared_ptr<Session> session;     // keeps the node open while mapped
     std::unique_ptr<KmodMapping> mapping; // set when the direct path serves it
     std::atomic<unsigned> users{0};       // requests using target now
+    bool dying = false;                   // deregmem under way: no new use (guarded by Device::m_)
 };
 
 // A request's use of a registration: deregmem waits until none is left.
@@ -50,11 +53,12 @@ class RegistrationUse {
     RegistrationUse() = default;
     explicit RegistrationUse(std::shared_ptr<Registration> reg);
     RegistrationUse(RegistrationUse &&) noexcept = default;
-    RegistrationUse &operator=(RegistrationUse &&) noexcept = default;
-    ~RegistrationUse();
+    RegistrationUse &operator=(RegistrationUse &&o) noexcept;
+    ~RegistrationUse() { release(); }
     const Registration *get() const { return reg_.get(); }
 
   private:
+    void release();
     std::shared_ptr<Registration> reg_;
 };
 
@@ -97,7 +101,7 @@ class Device {
     size_t transfer(bool write, int fd, char *p, size_t n, uint64_t off);
     void failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e);
     std::unique_ptr<KmodMapping> map(Session &s, uintptr_t addr, size_t len) const;
-    static void drop(std::shared_ptr<Registration> reg);
+    static void drop(const std::shared_ptr<Registration> &reg);
 
     const int id_;
     const phxfs_device_kind kind_;
@@ -114,6 +118,7 @@ class Device {
     mutable std::mutex m_;
     int opens_ = 0;
     std::shared_ptr<Session> session_;
+    std::atomic<int> node_fd_{-1}; // the session's module node, for a child to close
     std::map<uintptr_t, std::shared_ptr<Registration>> regs_;
     Stats stats_;
 };

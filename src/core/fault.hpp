@@ -21,6 +21,7 @@ enum class Site : unsigned {
     staging_alloc, // allocating a lane's staging memory
     stream_create, // creating a lane's copy stream
     copy,          // a copy between staging and the buffer
+    dio_align,     // the file's direct-I/O alignment statx reports: max_bytes
     count,
 };
 

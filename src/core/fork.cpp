@@ -2,6 +2,7 @@
 
 #include "core/config.hpp"
 #include "core/device.hpp"
+#include "core/trace.hpp"
 #include "engine/workers.hpp"
 #include "memory/memory.hpp"
 
@@ -18,6 +19,7 @@ namespace {
 void child_after_fork() {
     workers_after_fork_child();
     config_after_fork_child();
+    trace::after_fork_child();
     cuda_after_fork_child();
     devices_after_fork_child();
 }

@@ -3,47 +3,51 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 
 namespace phxfs::core::trace {
 
 namespace {
 
-const char *env_value() {
-    const char *v = std::getenv("PHXFS_TRACE");
-    return v && *v && std::string(v) != "0" ? v : nullptr;
-}
-
-// The destination, opened on the first line.
-int destination() {
-    static const int fd = [] {
-        const char *v = env_value();
-        if (!v || std::string(v) == "1" || std::string(v) == "stderr")
-            return STDERR_FILENO;
-        const int f = ::open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        return f >= 0 ? f : STDERR_FILENO;
-    }();
-    return fd;
-}
+// Where lines go: standard error, or the file PHXFS_TRACE names, opened by
+// from_env() on the library's first use (never lazily in write(), where a
+// fork could catch it half done).
+std::atomic<int> destination{STDERR_FILENO};
+// Whole lines, never interleaved. A child of fork() gets a new one: a parent
+// thread may have held it, blocked in write(2).
+std::mutex lines;
 
 } // namespace
 
 bool from_env() {
-    return env_value() != nullptr;
+    const char *v = std::getenv("PHXFS_TRACE");
+    if (!v || !*v || std::string(v) == "0")
+        return false;
+    if (std::string(v) != "1" && std::string(v) != "stderr") {
+        const int fd = ::open(v, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd >= 0)
+            destination = fd;
+    }
+    return true;
 }
 
 void write(const std::string &line) {
-    static std::mutex m; // whole lines, never interleaved
     const std::string out = "phxfs[" + std::to_string(::getpid()) + "]: " + line + "\n";
-    std::lock_guard lock(m);
-    const int fd = destination();
+    std::lock_guard lock(lines);
+    const int fd = destination.load();
     for (size_t done = 0; done < out.size();) {
         const ssize_t r = ::write(fd, out.data() + done, out.size() - done);
         if (r <= 0)
             return; // a trace must never fail the I/O it describes
         done += static_cast<size_t>(r);
     }
+}
+
+void after_fork_child() {
+    new (&lines) std::mutex; // the old one is never unlocked: no thread owns it here
 }
 
 } // namespace phxfs::core::trace

@@ -13,9 +13,12 @@
 
 namespace phxfs::core::trace {
 
-// Whether PHXFS_TRACE asks for the trace (read once).
+// Whether PHXFS_TRACE asks for the trace; opens the file it names. Called
+// once, when the configuration is first loaded.
 bool from_env();
 // Appends one line (a newline is added) to the trace's destination.
 void write(const std::string &line);
+// In a child of fork(): a new lock for the lines (fork.hpp).
+void after_fork_child();
 
 } // namespace phxfs::core::trace

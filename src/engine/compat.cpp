@@ -118,8 +118,10 @@ int buffered_fd_after(File &file, const Error &e) {
 size_t read_chunk(File &file, char *stg, uint64_t a, uint64_t b) {
     const uint64_t rs = align_down(a, kAlign);
     const size_t skew = a - rs;
-    int fd = file.fd();
-    if (file.info().direct) {
+    // The caller's fd where it is buffered or its O_DIRECT takes 4 KiB
+    // blocks; else the file without O_DIRECT (run_request made sure of it).
+    int fd = file.info().direct_in_4k() ? file.fd() : file.fd_with(false);
+    if (file.info().direct_in_4k()) {
         try {
             const size_t got = pread_full(fd, stg, align_up(b, kAlign) - rs, rs);
             return std::min<size_t>(got > skew ? got - skew : 0, b - a);
@@ -134,11 +136,13 @@ size_t read_chunk(File &file, char *stg, uint64_t a, uint64_t b) {
 
 // Writes [a, b) from staging laid out as read_chunk() lays it out. On an
 // O_DIRECT fd, unaligned edges go through the buffered twin, which
-// CompatEngine::write() made sure of before writing anything.
+// run_request() (core/request.cpp) made sure of before writing anything.
 void write_chunk(File &file, const char *stg, uint64_t a, uint64_t b) {
     const uint64_t base = align_down(a, kAlign);
-    int fd = file.fd();
-    if (file.info().direct) {
+    // The caller's fd where it is buffered or its O_DIRECT takes 4 KiB
+    // blocks; else the file without O_DIRECT (run_request made sure of it).
+    int fd = file.info().direct_in_4k() ? file.fd() : file.fd_with(false);
+    if (file.info().direct_in_4k()) {
         // Whole blocks through the caller's fd, the edges through the twin.
         const uint64_t ma = std::min(align_up(a, kAlign), b);
         const uint64_t mb = std::max(align_down(b, kAlign), ma);
@@ -194,7 +198,7 @@ size_t CompatEngine::read(File &file, void *buf, MemKind kind, size_t n, uint64_
     // (both staging buffers, 2 chunks) and copies it while the other
     // participants' reads are in flight. From the page cache, chunks are
     // double-buffered so that reads overlap copies.
-    const bool from_storage = file.info().direct;
+    const bool from_storage = file.info().direct_in_4k();
     const Plan plan(off, end, from_storage ? 2 * cfg.chunk_bytes : cfg.chunk_bytes);
     Job job;
     char *dst = static_cast<char *>(buf);
@@ -251,15 +255,6 @@ void CompatEngine::write(File &file, const void *buf, MemKind kind, size_t n, ui
     if (n == 0)
         return;
     const FileInfo &fi = file.info();
-    // On an O_DIRECT fd an unaligned head or tail needs the file opened
-    // without O_DIRECT: make sure of it before writing any byte.
-    if (fi.direct && (off % kAlign || (off + n) % kAlign) && file.fd_with(false) < 0)
-        fail(EINVAL, "fd " + std::to_string(fi.fd) +
-                         " has O_DIRECT, and this write's unaligned head or tail needs the file "
-                         "without O_DIRECT, which cannot be opened: " +
-                         file.why_no_twin(false) +
-                         " (write whole 4 KiB blocks or pass an fd "
-                         "without O_DIRECT)");
     const Config cfg = config();
     const Plan plan(off, off + n, cfg.chunk_bytes);
     Job job;

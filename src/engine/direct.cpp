@@ -17,9 +17,9 @@ namespace {
 // Splits the request into chunks and runs op(chunk offset, length) on up to
 // `threads` participants; returns the end of contiguous data (reads stop at
 // the first short chunk).
-template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, Op &&op) {
+template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, uint64_t unit, Op &&op) {
     const Config cfg = config();
-    const uint64_t chunk = cfg.chunk_bytes;
+    const uint64_t chunk = align_up(cfg.chunk_bytes, unit); // every piece whole units
     const size_t nchunks = (n + chunk - 1) / chunk;
     std::atomic<size_t> next{0};
     std::atomic<bool> failed{false};
@@ -51,15 +51,15 @@ template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, Op &&op) {
 
 } // namespace
 
-size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off) {
-    const uint64_t end = run_chunks(n, off, [&](uint64_t a, uint64_t len) {
+size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off, uint64_t unit) {
+    const uint64_t end = run_chunks(n, off, unit, [&](uint64_t a, uint64_t len) {
         return pread_full(dfd, mapped + a, len, off + a);
     });
     return static_cast<size_t>(end - off);
 }
 
-void direct_write(int dfd, const char *mapped, size_t n, uint64_t off) {
-    run_chunks(n, off, [&](uint64_t a, uint64_t len) {
+void direct_write(int dfd, const char *mapped, size_t n, uint64_t off, uint64_t unit) {
+    run_chunks(n, off, unit, [&](uint64_t a, uint64_t len) {
         pwrite_full(dfd, mapped + a, len, off + a);
         return len;
     });

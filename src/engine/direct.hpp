@@ -8,11 +8,12 @@
 
 namespace phxfs::core {
 
-// Reads [off, off + n) of O_DIRECT fd dfd into mapped, all 4 KiB aligned, with
-// up to the configured number of requests in flight; returns the bytes read
+// Reads [off, off + n) of O_DIRECT fd dfd into mapped, offsets and length
+// multiples of the file's direct-I/O unit, with up to the configured number
+// of requests in flight, each a multiple of unit; returns the bytes read
 // (short at end of file).
-size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off);
+size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off, uint64_t unit);
 // Writes n bytes from mapped at off, with the same constraints, or throws.
-void direct_write(int dfd, const char *mapped, size_t n, uint64_t off);
+void direct_write(int dfd, const char *mapped, size_t n, uint64_t off, uint64_t unit);
 
 } // namespace phxfs::core

@@ -53,6 +53,8 @@ FileInfo inspect_fd(int fd, bool for_write) {
         fi.dio_offset_align = st.stx_dio_offset_align;
         fi.dio_mem_align = std::max(st.stx_dio_mem_align, 1u);
     }
+    if (auto f = fault::at(fault::Site::dio_align)) // a file system with other blocks
+        fi.dio_offset_align = static_cast<uint32_t>(f->max_bytes);
     if (S_ISREG(st.stx_mode)) {
         fi.size = static_cast<uint64_t>(st.stx_size);
     } else if (S_ISBLK(st.stx_mode)) {

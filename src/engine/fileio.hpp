@@ -45,6 +45,13 @@ struct FileInfo {
     // dio_offset_align (0: the file has no direct I/O), buffer addresses of
     // dio_mem_align.
     uint32_t dio_offset_align = 4096, dio_mem_align = 4096;
+
+    // Whether 4 KiB-aligned O_DIRECT I/O works on this fd, as the compat
+    // engine does it (else it goes through the file without O_DIRECT).
+    bool direct_in_4k() const {
+        return direct && dio_offset_align && 4096 % dio_offset_align == 0 &&
+               4096 % dio_mem_align == 0;
+    }
 };
 
 // Inspects fd for an operation; throws EBADF for a closed fd or one not open

@@ -35,22 +35,24 @@ std::unique_ptr<Lane> LanePool::make(size_t bytes) {
 }
 
 // Takes an idle lane of the right size, or reserves budget for a new one
-// (must_make), or returns null when the caller has to wait.
-std::unique_ptr<Lane> LanePool::take_locked(size_t bytes, size_t budget, bool &must_make) {
+// (must_make), or returns null when the caller has to wait. Idle lanes of
+// another size that stand in the way go to `drop`, freed outside the lock.
+std::unique_ptr<Lane> LanePool::take_locked(size_t bytes, size_t budget, bool &must_make,
+                                            std::vector<std::unique_ptr<Lane>> &drop) {
     must_make = false;
-    budget_ = budget;
+    if (budget_ == SIZE_MAX)
+        budget_ = budget; // later changes come through trim()
     for (auto it = idle_.begin(); it != idle_.end(); ++it) {
         if ((*it)->bytes == bytes) {
             auto lane = std::move(*it);
             idle_.erase(it);
+            idle_bytes_ -= 2 * bytes;
             return lane;
         }
     }
     // Idle lanes of another size (the chunk size changed) give their budget back.
-    while (!idle_.empty() && in_use_bytes_ + 2 * bytes > budget) {
-        in_use_bytes_ -= 2 * idle_.back()->bytes;
-        idle_.pop_back();
-    }
+    while (!idle_.empty() && in_use_bytes_ + 2 * bytes > budget)
+        drop_idle_locked(drop);
     // The first lane is always allowed, so a tiny budget cannot deadlock.
     if (in_use_bytes_ == 0 || in_use_bytes_ + 2 * bytes <= budget) {
         in_use_bytes_ += 2 * bytes;
@@ -59,21 +61,40 @@ std::unique_ptr<Lane> LanePool::take_locked(size_t bytes, size_t budget, bool &m
     return nullptr;
 }
 
+void LanePool::drop_idle_locked(std::vector<std::unique_ptr<Lane>> &drop) {
+    const size_t b = 2 * idle_.back()->bytes;
+    in_use_bytes_ -= b;
+    idle_bytes_ -= b;
+    drop.push_back(std::move(idle_.back()));
+    idle_.pop_back();
+}
+
 std::unique_ptr<Lane> LanePool::acquire(size_t bytes, size_t budget) {
+    std::vector<std::unique_ptr<Lane>> drop;
     std::unique_lock lock(m_);
+    bool retried = false;
     for (;;) {
         bool must_make = false;
-        if (auto lane = take_locked(bytes, budget, must_make))
+        if (auto lane = take_locked(bytes, budget, must_make, drop))
             return lane;
         if (must_make) {
             lock.unlock();
+            drop.clear();
             try {
                 return make(bytes);
             } catch (...) {
-                // Out of pinned memory (or streams): where other lanes
-                // exist, wait for one of them rather than fail.
+                // Out of pinned memory (or streams). Idle lanes give their
+                // memory back for one more try; lanes handed out come back
+                // when their requests end, so wait for one of those; with
+                // none out, nothing will come: fail.
                 lock.lock();
-                if (in_use_bytes_ == 0)
+                if (!idle_.empty() && !retried) {
+                    retried = true;
+                    while (!idle_.empty())
+                        drop_idle_locked(drop);
+                    continue;
+                }
+                if (in_use_bytes_ == idle_bytes_)
                     throw;
             }
         }
@@ -82,13 +103,15 @@ std::unique_ptr<Lane> LanePool::acquire(size_t bytes, size_t budget) {
 }
 
 std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
+    std::vector<std::unique_ptr<Lane>> drop;
     std::unique_lock lock(m_);
     bool must_make = false;
-    if (auto lane = take_locked(bytes, budget, must_make))
+    if (auto lane = take_locked(bytes, budget, must_make, drop))
         return lane;
+    lock.unlock();
+    drop.clear();
     if (!must_make)
         return nullptr;
-    lock.unlock();
     try {
         return make(bytes);
     } catch (...) {
@@ -99,10 +122,12 @@ std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
 void LanePool::release(std::unique_ptr<Lane> lane) {
     {
         std::lock_guard lock(m_);
-        if (in_use_bytes_ > budget_)
+        if (in_use_bytes_ > budget_) {
             in_use_bytes_ -= 2 * lane->bytes; // freed below, outside the lock
-        else
+        } else {
+            idle_bytes_ += 2 * lane->bytes;
             idle_.push_back(std::move(lane));
+        }
     }
     cv_.notify_all();
 }
@@ -112,11 +137,8 @@ void LanePool::trim(size_t budget) {
     {
         std::lock_guard lock(m_);
         budget_ = budget;
-        while (!idle_.empty() && in_use_bytes_ > budget) {
-            in_use_bytes_ -= 2 * idle_.back()->bytes;
-            drop.push_back(std::move(idle_.back()));
-            idle_.pop_back();
-        }
+        while (!idle_.empty() && in_use_bytes_ > budget)
+            drop_idle_locked(drop);
     }
     cv_.notify_all();
 }

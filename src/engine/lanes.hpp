@@ -51,7 +51,9 @@ class LanePool {
     void trim(size_t budget);
 
   private:
-    std::unique_ptr<Lane> take_locked(size_t bytes, size_t budget, bool &must_make);
+    std::unique_ptr<Lane> take_locked(size_t bytes, size_t budget, bool &must_make,
+                                      std::vector<std::unique_ptr<Lane>> &drop);
+    void drop_idle_locked(std::vector<std::unique_ptr<Lane>> &drop);
     std::unique_ptr<Lane> make(size_t bytes);
 
     Backend &backend_;
@@ -60,7 +62,8 @@ class LanePool {
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Lane>> idle_;
     size_t in_use_bytes_ = 0;  // staging bytes of lanes handed out or idle
-    size_t budget_ = SIZE_MAX; // the last budget asked for
+    size_t idle_bytes_ = 0;    // of those, idle
+    size_t budget_ = SIZE_MAX; // the first request's, then what trim() says
 };
 
 // Returns a lane to its pool when it leaves scope.

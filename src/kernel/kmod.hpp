@@ -44,6 +44,7 @@ class KmodNode {
     explicit KmodNode(int index);
     const phxfs_ioctl_info &info() const { return info_; }
     int index() const { return index_; }
+    int fd() const { return fd_.get(); }
     std::string pci_bus_id() const;
     // Maps device memory [dev_addr, dev_addr + len), both multiples of the
     // provider's page size, as one contiguous user address range.

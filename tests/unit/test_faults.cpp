@@ -294,3 +294,89 @@ TEST_F(Faults, LoweringTheStagingBudgetGivesMemoryBack) {
 }
 
 } // namespace
+
+namespace {
+
+// Review finding: making a lane fails while the only other staging is an
+// idle lane of another size (the chunk size changed): the request fails
+// with ENOMEM instead of waiting for a lane no one will return.
+TEST_F(Faults, NoLaneToWaitForMeansFailNotWait) {
+    const int fd = open_file(O_RDONLY);
+    auto buf = host_buffer(kFile);
+    ASSERT_EQ(read_all(fd, buf.get(), 4096, 0), 4096); // one 64 KiB lane, idle now
+    phxfs_config c{};
+    c.size = sizeof c;
+    ASSERT_EQ(phxfs_get_config(&c), 0);
+    c.chunk_bytes = 2 * kChunk; // lanes of another size; the same budget
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+    fault::arm(Site::staging_alloc, {.err = ENOMEM}, 0, 0);
+    errno = 0;
+    EXPECT_EQ(read_all(fd, buf.get(), 4096, 0), -1);
+    EXPECT_EQ(errno, ENOMEM);
+    // The idle lane was given back for the retry.
+    EXPECT_EQ(stats0().staging_bytes, 0u);
+    fault::disarm();
+    ASSERT_EQ(read_all(fd, buf.get(), 4096, 0), 4096) << last_error();
+    ::close(fd);
+}
+
+// Review finding: deregmem of memory a request uses waits for that request
+// without holding anything that regmem of other memory needs.
+TEST_F(Faults, PendingDeregmemDoesNotBlockOtherRegistrations) {
+    const int fd = open_file(O_RDONLY);
+    auto a = host_buffer(kChunk), b = host_buffer(kChunk);
+    void *t = nullptr;
+    ASSERT_EQ(phxfs_regmem(0, a.get(), kChunk, &t), 0) << phxfs_last_error();
+    fault::arm(Site::pread, {.delay_ms = 3000}, 0, 1);
+    std::thread reader([&] { phxfs_read({fd, 0}, a.get(), 0, kChunk, 0); });
+    while (fault::hits(Site::pread) == 0)
+        std::this_thread::yield();
+    std::thread dereg([&] { EXPECT_EQ(phxfs_deregmem(0, a.get(), kChunk), 0); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100)); // deregmem is waiting
+    const auto t0 = std::chrono::steady_clock::now();
+    // An overlapping registration is refused while the old one goes...
+    EXPECT_EQ(phxfs_regmem(0, a.get(), kChunk, &t), -1);
+    EXPECT_EQ(errno, EEXIST);
+    // ...and any other memory registers at once.
+    ASSERT_EQ(phxfs_regmem(0, b.get(), kChunk, &t), 0) << phxfs_last_error();
+    ASSERT_EQ(phxfs_deregmem(0, b.get(), kChunk), 0) << phxfs_last_error();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2000));
+    reader.join();
+    dereg.join();
+    ::close(fd);
+}
+
+// A file whose direct I/O takes blocks larger than the compat engine's 4 KiB
+// (16 KiB sectors, XFS realtime extents): everything goes through the file
+// without O_DIRECT, and where that cannot be opened the request fails before
+// moving a byte.
+TEST_F(Faults, FilesWithLargerDirectBlocksUseTheTwinOrFailWhole) {
+    fault::arm(Site::dio_align, {.max_bytes = 16384}, 0, 0);
+    const int fd = open_file(O_RDWR | O_DIRECT);
+    auto src = host_buffer(kFile);
+    fill_pattern_fast(src.get(), kFile - 8192, 4096, 7);
+    ASSERT_EQ(write_all(fd, src.get(), kFile - 8192, 4096), static_cast<ssize_t>(kFile - 8192))
+        << last_error();
+    auto back = host_buffer(kFile);
+    ASSERT_EQ(read_all(fd, back.get(), kFile - 8192, 4096), static_cast<ssize_t>(kFile - 8192))
+        << last_error();
+    EXPECT_EQ(first_mismatch_fast(back.get(), kFile - 8192, 4096, 7), kFile - 8192);
+    ::close(fd);
+
+    fault::arm(Site::reopen, {.err = EACCES}, 0, 0);
+    const int fd2 = open_file(O_RDWR | O_DIRECT);
+    auto zero = host_buffer(kFile, 0);
+    errno = 0;
+    EXPECT_EQ(write_all(fd2, zero.get(), kFile, 0), -1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_NE(std::string(last_error()).find("16384-byte direct-I/O blocks"), std::string::npos)
+        << last_error();
+    EXPECT_EQ(read_all(fd2, back.get(), 4096, 0), -1);
+    fault::disarm();
+    ASSERT_EQ(read_all(fd2, back.get(), kFile - 8192, 4096), static_cast<ssize_t>(kFile - 8192));
+    EXPECT_EQ(first_mismatch_fast(back.get(), kFile - 8192, 4096, 7), kFile - 8192)
+        << "the refused write changed the file";
+    ::close(fd2);
+}
+
+} // namespace

@@ -130,3 +130,44 @@ TEST_F(Fork, BusyParentThreadsDoNotHangTheChild) {
 }
 
 } // namespace
+
+namespace {
+
+// Review finding: with the path trace on, a parent thread blocked writing a
+// trace line (stderr a full pipe) holds the trace's lock at the fork; the
+// child's own trace lines must not wait for it.
+TEST_F(Fork, TraceLockHeldAtForkDoesNotHangTheChild) {
+    phxfs_config c{};
+    c.size = sizeof c;
+    ASSERT_EQ(phxfs_get_config(&c), 0);
+    c.trace = 1;
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+    int p[2];
+    ASSERT_EQ(::pipe(p), 0);
+    ::fcntl(p[1], F_SETFL, O_NONBLOCK);
+    char junk[4096] = {};
+    while (::write(p[1], junk, sizeof junk) > 0) {
+    }
+    ::fcntl(p[1], F_SETFL, 0); // full, and writes block
+    const int saved = ::dup(STDERR_FILENO);
+    ::dup2(p[1], STDERR_FILENO);
+    std::thread blocked([] { phxfs_read({-1, 0}, nullptr, 0, 1, 0); }); // its line blocks
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    in_child([&] {
+        const int null = ::open("/dev/null", O_WRONLY);
+        ::dup2(null, STDERR_FILENO);
+        CHILD_CHECK(phxfs_read({-1, 0}, nullptr, 0, 1, 0) == -1); // writes a line
+        return 0;
+    });
+    ::fcntl(p[0], F_SETFL, O_NONBLOCK);
+    char drain[65536];
+    while (::read(p[0], drain, sizeof drain) > 0) {
+    }
+    blocked.join();
+    ::dup2(saved, STDERR_FILENO);
+    ::close(saved);
+    ::close(p[0]);
+    ::close(p[1]);
+}
+
+} // namespace
