@@ -2,8 +2,9 @@
 /*
  * One phxfs device: struct pages over a BAR and /dev/phxfsN.
  *
- * The BAR gets ZONE_DEVICE pages of type MEMORY_DEVICE_GENERIC. That type is
- * a deliberate choice:
+ * The BAR gets ZONE_DEVICE pages of type MEMORY_DEVICE_GENERIC, except where
+ * the kernel has P2PDMA and the provider can use it (pcibar: p2pdma.c). That
+ * type is a deliberate choice:
  *  - the pages are ordinary to GUP and to the DMA API, so O_DIRECT I/O pins
  *    them and the NVMe driver maps them with dma_map_page(), whose address is
  *    the BAR's physical address (or an IOMMU mapping of it);
@@ -194,6 +195,8 @@ static int phxfs_dev_pages(struct phxfs_dev *dev)
 
 	if (phxfs_fail_at(PHXFS_STEP_MEMTYPE))
 		return -ENOMEM;
+	if (dev->ops->p2pdma && IS_ENABLED(CONFIG_PCI_P2PDMA))
+		return phxfs_fail_at(PHXFS_STEP_PAGES) ? -ENOMEM : phxfs_p2p_pages(dev);
 	ret = arch_io_reserve_memtype_wc(dev->bar_start, dev->bar_size);
 	if (ret)
 		return ret;
@@ -214,6 +217,10 @@ static void phxfs_dev_unpages(struct phxfs_dev *dev)
 {
 	/* No pin is left (pin.c), so no page may be referenced either. */
 	WARN_ON(phxfs_pages_busy(dev));
+	if (dev->p2p_kaddr) {
+		phxfs_p2p_unpages(dev);
+		return;
+	}
 	memunmap_pages(&dev->pgmap);
 	arch_io_free_memtype_wc(dev->bar_start, dev->bar_size);
 }

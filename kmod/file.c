@@ -100,6 +100,7 @@ static int phxfs_ioctl_info(struct phxfs_dev *dev, void __user *arg)
 	info.provider = dev->ops->id;
 	info.bar_size = dev->bar_size;
 	info.page_size = dev->page_size;
+	info.flags = dev->p2p_kaddr ? PHXFS_INFO_P2PDMA : 0;
 	info.pci_domain = pci_domain_nr(dev->pdev->bus);
 	info.pci_bus = dev->pdev->bus->number;
 	info.pci_devfn = dev->pdev->devfn;

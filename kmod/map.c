@@ -132,7 +132,9 @@ int phxfs_mmap(struct file *filp, struct vm_area_struct *vma)
 	vma->vm_pgoff = pv->pgoff;
 	vma->vm_private_data = pv;
 	vma->vm_ops = &phxfs_vm_ops;
-	vma->vm_page_prot = pgprot_writecombine(vma->vm_page_prot);
+	/* As the kernel maps the pages: P2PDMA uncached (memremap_pages()). */
+	vma->vm_page_prot = pf->dev->p2p_kaddr ? pgprot_noncached(vma->vm_page_prot) :
+						 pgprot_writecombine(vma->vm_page_prot);
 	/*
 	 * VM_MIXEDMAP (not VM_PFNMAP): the ptes point at struct pages, which
 	 * is what lets GUP and so O_DIRECT use them. Set here, under the mmap

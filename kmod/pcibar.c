@@ -155,6 +155,7 @@ static int pcibar_probe(void);
 const struct phxfs_provider_ops phxfs_pcibar_ops = {
 	.id = PHXFS_PROVIDER_PCIBAR,
 	.name = "pcibar",
+	.p2pdma = true,
 	.probe = pcibar_probe,
 	.pin = pcibar_pin,
 	.page = pcibar_page,

@@ -88,6 +88,8 @@ struct phxfs_pin {
 struct phxfs_provider_ops {
 	u32 id;			/* enum phxfs_provider */
 	const char *name;
+	/* Its BARs take the kernel's P2PDMA pages where it has them (p2pdma.c). */
+	bool p2pdma;
 	/* At load: adds the provider's devices; 0 also when it found none. */
 	int (*probe)(void);
 	/* Holds [pin->dev_addr, + pin->len) for pin->owner, or -errno. */
@@ -126,7 +128,8 @@ struct phxfs_dev {
 	u64 page_size;			/* MAP granularity of the provider */
 	const struct phxfs_provider_ops *ops;
 	void *priv;			/* the provider's */
-	struct dev_pagemap pgmap;
+	struct dev_pagemap pgmap;	/* MEMORY_DEVICE_GENERIC pages, or */
+	void *p2p_kaddr;		/* the whole BAR from the P2PDMA pool */
 	struct cdev cdev;
 	struct device device;
 	/* Pins out of every page table whose pages are still referenced. */
@@ -148,6 +151,10 @@ struct pci_dev *phxfs_pci_spec(const char *param, const char *spec, int *bar);
 int phxfs_chrdev_init(void);
 void phxfs_chrdev_exit(void);
 struct page *phxfs_bar_page(struct phxfs_dev *dev, u64 offset);
+
+/* p2pdma.c */
+int phxfs_p2p_pages(struct phxfs_dev *dev);
+void phxfs_p2p_unpages(struct phxfs_dev *dev);
 
 /* file.c */
 extern const struct file_operations phxfs_fops;

@@ -155,6 +155,15 @@ enum phxfs_device_kind {
 	PHXFS_DEVICE_PCIBAR = 2, /* a BAR served by phxfs.ko's pcibar provider */
 };
 
+/* The struct pages the direct path gives the device's memory. */
+enum phxfs_page_type {
+	PHXFS_PAGES_NONE = 0,	 /* no direct path (or not known) */
+	PHXFS_PAGES_GENERIC = 1, /* phxfs.ko's MEMORY_DEVICE_GENERIC pages */
+	PHXFS_PAGES_P2PDMA = 2,	 /* the kernel's P2PDMA pages (CONFIG_PCI_P2PDMA):
+				  * the kernel checks the P2P distance to each
+				  * disk and pins them for O_DIRECT only */
+};
+
 struct phxfs_device_info {
 	uint32_t size;		/* in: sizeof(struct phxfs_device_info) */
 	uint32_t kind;		/* enum phxfs_device_kind */
@@ -163,6 +172,9 @@ struct phxfs_device_info {
 	char name[64];		/* "NVIDIA H200", "pcibar 0000:00:03.0", "host" */
 	char pci_bus_id[16];	/* "0000:3b:00.0", empty for host */
 	char why_not_direct[128]; /* empty when direct == 1 */
+	/* Since 0.2 (a smaller size gets the fields above only): */
+	uint32_t page_type;	/* enum phxfs_page_type */
+	uint32_t reserved;
 };
 
 /* Number of devices, or -1. */

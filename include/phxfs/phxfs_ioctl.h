@@ -45,7 +45,7 @@ struct phxfs_ioctl_info {
 	__u32 size;		/* in: sizeof(struct phxfs_ioctl_info) */
 	__u32 abi_version;	/* out: PHXFS_ABI_VERSION of the module */
 	__u32 provider;		/* out: enum phxfs_provider */
-	__u32 flags;		/* out: reserved, 0 */
+	__u32 flags;		/* out: PHXFS_INFO_* */
 	__u64 bar_size;		/* out: bytes of device memory behind the BAR */
 	__u64 page_size;	/* out: mapping granularity (4 KiB, 64 KiB) */
 	__u32 pci_domain;	/* out: PCI address of the device */
@@ -54,6 +54,13 @@ struct phxfs_ioctl_info {
 	__u16 reserved0;
 	char name[32];		/* out: "pcibar", "nvidia", NUL terminated */
 };
+
+/*
+ * The device's pages are the kernel's P2PDMA pages (CONFIG_PCI_P2PDMA): only
+ * O_DIRECT to queues that can DMA peer to peer pins them, after the kernel's
+ * P2P distance check. Without it: MEMORY_DEVICE_GENERIC pages.
+ */
+#define PHXFS_INFO_P2PDMA	(1U << 0)
 
 /* PHXFS_IOCTL_MAP / PHXFS_IOCTL_UNMAP. The caller sets size. */
 struct phxfs_ioctl_map {

@@ -25,6 +25,18 @@ template <typename T> void check_struct(const T *p, const char *what) {
                          std::to_string(sizeof(T)) + " (set it to sizeof)");
 }
 
+// Fills *p, a struct that grew since 0.1: a caller built against 0.1 passes
+// the smaller size (at least v01 bytes) and gets the fields it knows, no more.
+template <typename T, typename Fill>
+void fill_versioned(T *p, const char *what, size_t v01, Fill &&fill) {
+    if (!p || p->size < v01)
+        check_struct(p, what);
+    T full{};
+    fill(full);
+    full.size = p->size;
+    std::memcpy(p, &full, std::min<size_t>(p->size, sizeof full));
+}
+
 void check_io(off_t buf_offset, size_t nbyte, off_t f_offset) {
     constexpr auto max = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
     if (buf_offset < 0 || f_offset < 0)
@@ -126,23 +138,16 @@ PHXFS_API int phxfs_device_count(void) {
 
 PHXFS_API int phxfs_device_get_info(int device_id, struct phxfs_device_info *info) {
     return c_call([&] {
-        check_struct(info, "info");
-        device(device_id).info(*info);
+        fill_versioned(info, "info", offsetof(phxfs_device_info, page_type),
+                       [&](phxfs_device_info &full) { device(device_id).info(full); });
         return 0;
     });
 }
 
 PHXFS_API int phxfs_get_stats(int device_id, struct phxfs_stats *stats) {
     return c_call([&] {
-        // A caller built against 0.1 passes the smaller struct: it gets the
-        // fields it knows.
-        constexpr size_t v01 = offsetof(phxfs_stats, staging_bytes);
-        if (!stats || stats->size < v01)
-            check_struct(stats, "stats");
-        phxfs_stats full{};
-        device(device_id).stats(full);
-        full.size = stats->size;
-        std::memcpy(stats, &full, std::min<size_t>(stats->size, sizeof full));
+        fill_versioned(stats, "stats", offsetof(phxfs_stats, staging_bytes),
+                       [&](phxfs_stats &full) { device(device_id).stats(full); });
         return 0;
     });
 }

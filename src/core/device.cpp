@@ -63,6 +63,7 @@ std::unique_ptr<Device> Device::fresh_for_child() const {
     auto d = std::make_unique<Device>(id_, kind_, cuda_ordinal_, kmod_index_, name_, pci_bus_id_,
                                       why_not_direct_);
     d->opened_before_fork_ = opened_before_fork_ || opens_ > 0;
+    d->node_flags_ = node_flags_;
     // The parent's node stays open in the parent; the child's copy of the
     // fd is of no use to it and would keep the module's file alive.
     if (const int fd = node_fd_.load(); fd >= 0)
@@ -312,6 +313,9 @@ void Device::info(phxfs_device_info &out) const {
     copy_str(out.name, sizeof out.name, name_);
     copy_str(out.pci_bus_id, sizeof out.pci_bus_id, pci_bus_id_);
     copy_str(out.why_not_direct, sizeof out.why_not_direct, why);
+    out.page_type = kmod_index_ < 0                   ? PHXFS_PAGES_NONE
+                    : node_flags_ & PHXFS_INFO_P2PDMA ? PHXFS_PAGES_P2PDMA
+                                                      : PHXFS_PAGES_GENERIC;
 }
 
 void Device::config_changed(size_t staging_bytes) {

@@ -83,6 +83,8 @@ class Device {
     size_t write(int fd, const void *buf, size_t n, uint64_t off);
 
     void info(phxfs_device_info &out) const;
+    // What the module's node says of its pages (discovery; PHXFS_INFO_*).
+    void set_node_flags(uint32_t flags) { node_flags_ = flags; }
     void stats(phxfs_stats &out) const;
     void reset_stats() { stats_.reset(); }
     // The configuration changed: idle staging memory over the new budget goes.
@@ -110,6 +112,7 @@ class Device {
     const std::string name_, pci_bus_id_;
     const std::string why_not_direct_; // from discovery; empty if the module serves it
     bool opened_before_fork_ = false;  // in a child: the parent had it open
+    uint32_t node_flags_ = 0;
 
     // reg_ops_ serialises the calls that change the session or the
     // registrations (open, close, regmem, deregmem), which may take long

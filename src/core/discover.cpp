@@ -87,6 +87,9 @@ std::vector<std::unique_ptr<Device>> discover() {
         const int index = match_node(nodes, g.pci_bus_id, why);
         out.push_back(
             std::make_unique<Device>(id, PHXFS_DEVICE_CUDA, id, index, g.name, g.pci_bus_id, why));
+        for (const NodeSeen &n : nodes)
+            if (n.index == index)
+                out.back()->set_node_flags(n.info.flags);
     }
     for (const NodeSeen &n : nodes) {
         if (n.claimed)
@@ -100,6 +103,7 @@ std::vector<std::unique_ptr<Device>> discover() {
         const int id = static_cast<int>(out.size());
         out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_PCIBAR, -1, n.index,
                                                "pcibar " + n.bus_id, n.bus_id, n.error));
+        out.back()->set_node_flags(n.info.flags);
     }
     if (out.empty())
         out.push_back(std::make_unique<Device>(0, PHXFS_DEVICE_HOST, -1, -1, "host memory", "",

@@ -14,7 +14,17 @@ namespace {
 // Errors with which the kernel refuses O_DIRECT on a mapping, as opposed to
 // failing the I/O itself.
 bool refused_direct(int err) {
-    return err == EINVAL || err == EFAULT || err == EOPNOTSUPP;
+    return err == EINVAL || err == EFAULT || err == EOPNOTSUPP || err == EREMOTEIO;
+}
+
+// What the kernel's refusal means, for the trace and for direct mode.
+std::string refusal(const Error &e) {
+    if (e.err() == EREMOTEIO)
+        return std::string("the kernel's P2P distance check refuses DMA between this disk and "
+                           "the device's P2PDMA pages (no common PCIe switch or whitelisted "
+                           "host bridge): ") +
+               e.what();
+    return std::string("the kernel refused O_DIRECT on the mapping: ") + e.what();
 }
 
 // How a request divides: [ma, mb) by the direct path through dfd, the rest
@@ -154,12 +164,14 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
             // The kernel may still refuse O_DIRECT on the mapping (a file
             // system without direct I/O for this file, GUP refusing device
             // pages on a P2PDMA kernel): auto mode bounces the segment.
+            if (seg.direct && mode == PHXFS_MODE_DIRECT && e.err() == EREMOTEIO)
+                fail(EREMOTEIO, "direct mode: " + refusal(e));
             if (!seg.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
                 throw;
             if (!fell_back)
                 stats.fallback(); // one per request
             fell_back = true;
-            sp.why = std::string("the kernel refused O_DIRECT on the mapping: ") + e.what();
+            sp.why = refusal(e);
             check_compat_reach(file, write, seg.a, seg.b, Split{seg.a, seg.a});
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);

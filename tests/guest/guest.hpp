@@ -51,6 +51,20 @@ inline void hostcheck_bar(uint64_t bar, uint64_t disk, uint64_t len) {
 }
 
 // errno of a MAP or UNMAP ioctl (cmd) on a phxfs node, 0 if it succeeded.
+// Whether the device behind node has the kernel's P2PDMA pages (a kernel
+// with CONFIG_PCI_P2PDMA, the pcibar provider): GUP then pins them only for
+// O_DIRECT to queues that can DMA peer to peer.
+inline bool p2pdma_pages(const char *node = "/dev/phxfs0") {
+    const int fd = ::open(node, O_RDWR);
+    phxfs_ioctl_info info{};
+    info.size = sizeof info;
+    const bool p2p =
+        fd >= 0 && ::ioctl(fd, PHXFS_IOCTL_INFO, &info) == 0 && (info.flags & PHXFS_INFO_P2PDMA);
+    if (fd >= 0)
+        ::close(fd);
+    return p2p;
+}
+
 inline int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void *va) {
     phxfs_ioctl_map r{};
     r.size = sizeof r;

@@ -14,6 +14,7 @@
 #include "guest.hpp"
 
 #include <sys/mman.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -346,6 +347,26 @@ TEST_F(GuestFs, SectorAlignedRequestsGoDirectWhole) {
     ASSERT_EQ(::pread(fd, back.data(), back.size(), 1536), static_cast<ssize_t>(back.size()));
     EXPECT_EQ(first_mismatch(back.data(), back.size(), 1536, 61), back.size());
     ::close(fd);
+}
+
+// The library says which pages the device has: the kernel's P2PDMA pages on
+// the suite's P2PDMA kernel, phxfs.ko's GENERIC ones on Debian's.
+TEST_F(Guest, InfoReportsThePageType) {
+    phxfs_device_info info{};
+    info.size = sizeof info;
+    ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
+    utsname u{};
+    ::uname(&u);
+    EXPECT_EQ(info.page_type, std::strstr(u.release, "p2pdma") ? PHXFS_PAGES_P2PDMA
+                                                               : PHXFS_PAGES_GENERIC)
+        << u.release;
+    // A caller built against 0.1 gets the fields it knows, and no more.
+    phxfs_device_info old{};
+    old.size = offsetof(phxfs_device_info, page_type);
+    old.page_type = 77;
+    ASSERT_EQ(phxfs_device_get_info(0, &old), 0) << phxfs_last_error();
+    EXPECT_STREQ(old.name, info.name);
+    EXPECT_EQ(old.page_type, 77u);
 }
 
 // #11 finding 10: compat mode is what the user asked for, not a fallback.

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/utsname.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -130,6 +131,12 @@ TEST_F(Kmod, InfoDescribesTheDevice) {
     EXPECT_STREQ(info.name, "pcibar");
     EXPECT_EQ(info.page_size, kPage);
     EXPECT_EQ(info.bar_size, 512ull << 20);
+    // The suite's P2PDMA kernel (tests/vm/kernel.sh) gives pcibar the
+    // kernel's P2PDMA pages; Debian's kernels have none.
+    utsname u{};
+    ::uname(&u);
+    EXPECT_EQ((info.flags & PHXFS_INFO_P2PDMA) != 0, std::strstr(u.release, "p2pdma") != nullptr)
+        << u.release;
     info.size = sizeof info - 4; // an older or newer layout
     EXPECT_EQ(ioctl_err(fd_, PHXFS_IOCTL_INFO, &info), EINVAL);
     EXPECT_EQ(ioctl_err(fd_, PHXFS_IOCTL_INFO, nullptr), EFAULT);

@@ -80,6 +80,10 @@ TEST_F(Uring, ReadIntoDeviceMemory) {
 TEST_F(Uring, FixedBuffersDependOnTheKernel) {
     iovec iov{target_, kLen};
     const int ret = io_uring_register_buffers(&ring_, &iov, 1);
+    if (p2pdma_pages()) {
+        EXPECT_LT(ret, 0) << "P2PDMA pages are never long-term pinned";
+        return;
+    }
     if (!kernel_at_least(6, 3)) {
         EXPECT_EQ(ret, -EOPNOTSUPP) << "6.1 refuses long-term pins of ZONE_DEVICE pages";
         return;
@@ -103,8 +107,8 @@ TEST_F(Uring, FixedBuffersDependOnTheKernel) {
 // pinned by the ring when phxfs tears the mapping down. Exit must not wait
 // for that, and the pins must be gone once the ring is.
 TEST(UringExit, ExitWithFixedBuffersRegistered) {
-    if (!kernel_at_least(6, 3))
-        GTEST_SKIP() << "fixed buffers over device memory need 6.3+";
+    if (!kernel_at_least(6, 3) || p2pdma_pages())
+        GTEST_SKIP() << "fixed buffers over device memory need 6.3+ and GENERIC pages";
     const pid_t pid = ::fork();
     if (pid == 0) {
         void *t = nullptr;

@@ -11,6 +11,8 @@ KERNEL_LOG_BAD = re.compile(r"BUG[: ]|WARNING:|Oops|Call Trace|general protectio
                             r"[Mm]emory leak|unreferenced object|Kernel panic|refcount_t|"
                             r"blocked for more than|possible .*locking|KASAN|UBSAN|"
                             r"soft lockup|hard LOCKUP|Bad page")
+# Lines that match the above but report no fault (kmemleak's start).
+KERNEL_LOG_FINE = re.compile(r"kmemleak: Kernel memory leak detector initialized")
 
 
 class Verdict:
@@ -141,7 +143,8 @@ def main():
     # The kernel log: no oops, warning or leak report, and a clean finish.
     if "DMESG-END" in results:
         dmesg = results[results.index("DMESG-BEGIN") + 1:results.index("DMESG-END")]
-        bad_lines = [line for line in dmesg if KERNEL_LOG_BAD.search(line)]
+        bad_lines = [line for line in dmesg
+                     if KERNEL_LOG_BAD.search(line) and not KERNEL_LOG_FINE.search(line)]
         v("kernel_log_clean", not bad_lines, " | ".join(bad_lines[:3]))
     else:
         console = (work / "console.log").read_text(errors="replace") \

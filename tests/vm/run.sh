@@ -4,7 +4,7 @@
 # memory. The host then checks the bytes (BAR backing file against the disk
 # image) and QEMU's DMA trace. Ends with the line "N passed, N failed".
 #
-#   tests/vm/run.sh [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR]
+#   tests/vm/run.sh [--kernel 6.1|6.12|p2pdma|all] [--build DIR] [--extra DIR]
 #                   [--demo] [--fuzz SECONDS] [--keep]
 #
 # --extra DIR  copies DIR into the guest as /extra and runs each executable
@@ -14,7 +14,10 @@
 # --fuzz S     runs the module fuzzer only, for S seconds (make fuzz).
 # Every test run also fuzzes PHXFS_FUZZ_OPS operations (10000) with seed
 # PHXFS_FUZZ_SEED (default: the time); the seed is printed for replay.
-# Kernel packages are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm).
+# Kernels are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm): Debian's 6.1 and
+# 6.12, and p2pdma, built from Debian's 6.12 source with CONFIG_PCI_P2PDMA,
+# KASAN, lockdep and kmemleak (kernel.sh), whose guest puts the NVMe disks
+# and the BARs under one PCIe switch, as GPU servers do.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -27,11 +30,12 @@ while [ $# -gt 0 ]; do
 	--demo) mode=demo ;;
 	--fuzz) mode=fuzz fuzz_seconds=$2; shift ;;
 	--keep) keep=1 ;;
-	*) echo "usage: $0 [--kernel 6.1|6.12|all] [--build DIR] [--extra DIR] [--demo] [--fuzz S] [--keep]" >&2
+	*) echo "usage: $0 [--kernel 6.1|6.12|p2pdma|all] [--build DIR] [--extra DIR] [--demo] [--fuzz S] [--keep]" >&2
 	   exit 2 ;;
 	esac
 	shift
 done
+# (p2pdma is not in "all" yet: its suite does not pass whole; issue #10.)
 [ "$kernels" = all ] && kernels="6.1 6.12"
 fuzz_seed=${PHXFS_FUZZ_SEED:-$(date +%s)}
 echo "== fuzzer seed $fuzz_seed (PHXFS_FUZZ_SEED=$fuzz_seed replays it)"
@@ -80,8 +84,8 @@ make_initramfs() {
 		esac
 		echo "/lib/modules/$f" >>"$root/modules.list"
 	done
-	cp "$work/../kmod/phxfs.ko" "$work/../nvstub/nvstub.ko" "$work/../nvstub_prop/nvstub_prop.ko" \
-		"$root/"
+	cp "$work/../kmod/phxfs.ko" "$work/../nvstub/nvstub.ko" "$root/"
+	[ ! -f "$work/../nvstub_prop/nvstub_prop.ko" ] || cp "$work/../nvstub_prop/nvstub_prop.ko" "$root/"
 	for f in "$guest_bin"/*; do
 		cp "$f" "$root/tests/"
 		copy_libs "$root" "$f"
@@ -95,6 +99,28 @@ make_initramfs() {
 		find "$root/extra" -type f | while read -r f; do copy_libs "$root" "$f"; done
 	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
+}
+
+# Where the guest's disks and BARs sit: on q35's root bus, or (the P2PDMA
+# kernel) under one PCIe switch, where the kernel's distance check lets them
+# reach each other.
+devices() {
+	local kver=$1 work=$2 bus=() i
+	if [ "$kver" = "$("$here/kernel.sh" resolve p2pdma)" ]; then
+		echo -device pcie-root-port,id=rp1,chassis=1,slot=1 -device x3130-upstream,id=up,bus=rp1
+		for i in 1 2 3 4; do
+			echo -device "xio3130-downstream,id=dn$i,bus=up,chassis=$((i + 1)),slot=0"
+			bus[i]=",bus=dn$i"
+		done
+	fi
+	echo -drive "file=$work/disk.img,if=none,format=raw,id=d0" \
+		-device "nvme,serial=phxdisk,drive=d0${bus[1]:-}" \
+		-drive "file=$work/fs.img,if=none,format=raw,id=d1" \
+		-device "nvme,serial=phxfs,drive=d1${bus[2]:-}" \
+		-object "memory-backend-file,id=bar,size=512M,mem-path=$work/ivshmem.bin,share=on" \
+		-device "ivshmem-plain,memdev=bar${bus[3]:-}" \
+		-object "memory-backend-file,id=gpu,size=256M,mem-path=$work/gpu.bin,share=on" \
+		-device "ivshmem-plain,memdev=gpu${bus[4]:-}"
 }
 
 # One boot of the guest in mode (tests, fuzz, demo), its files in work.
@@ -113,12 +139,7 @@ boot() {
 		-kernel "$cache/$kver/vmlinux" -initrd "$work/initrd.gz" \
 		-append "console=ttyS0 panic=-1 quiet" \
 		-serial "file:$work/console.log" -serial "file:$work/results.log" \
-		-drive "file=$work/disk.img,if=none,format=raw,id=d0" -device nvme,serial=phxdisk,drive=d0 \
-		-drive "file=$work/fs.img,if=none,format=raw,id=d1" -device nvme,serial=phxfs,drive=d1 \
-		-object "memory-backend-file,id=bar,size=512M,mem-path=$work/ivshmem.bin,share=on" \
-		-device ivshmem-plain,memdev=bar \
-		-object "memory-backend-file,id=gpu,size=256M,mem-path=$work/gpu.bin,share=on" \
-		-device ivshmem-plain,memdev=gpu \
+		$(devices "$kver" "$work") \
 		-trace "enable=pci_nvme_map_addr,file=$work/dma.log" || echo "qemu exited with $?"
 	echo "VM wall time ($mode): $(($(date +%s) - t0)) s"
 	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode" |
@@ -127,25 +148,32 @@ boot() {
 }
 
 run_kernel() {
-	local line=$1 kver work m p f pass=0 fail=0 boots=$mode
+	local line=$1 kver work m p f pass=0 fail=0 boots=$mode hdr
 	kver=$("$here/kernel.sh" resolve "$line")
 	work=$build/vm/$kver
 	echo "== VM suite on $kver"
 	"$here/kernel.sh" fetch "$kver" "$cache/$kver"
+	hdr=$("$here/kernel.sh" headers "$kver" "$cache/$kver")
 	rm -rf "$work" && mkdir -p "$work/kmod" "$work/nvstub" "$work/nvstub_prop"
 	cp "$repo"/kmod/{Kbuild,*.c,*.h} "$work/kmod/"
 	cp "$here"/nvstub/{Kbuild,*.c} "$work/nvstub/"
 	cp "$here"/nvstub_prop/{Kbuild,*.c} "$work/nvstub_prop/"
 	# The stand-in first: phxfs.ko takes the CRCs of the nvidia_p2p symbols
 	# from its Module.symvers, as it takes them from the NVIDIA driver's.
-	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub" \
+	make -s -C "$hdr" M="$work/nvstub" \
 		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	make -s -C "/usr/src/linux-headers-$kver" M="$work/nvstub_prop" \
-		PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	make -s -C "/usr/src/linux-headers-$kver" M="$work/kmod" \
+	# A module under a proprietary license cannot build against a lockdep
+	# kernel (its locks call GPL-only symbols), nor can NVIDIA's.
+	local mods="kmod/phxfs.ko nvstub/nvstub.ko"
+	if ! grep -q '^CONFIG_DEBUG_LOCK_ALLOC=y' "$hdr/.config"; then
+		mods="$mods nvstub_prop/nvstub_prop.ko"
+		make -s -C "$hdr" M="$work/nvstub_prop" \
+			PHXFS_KMOD="$repo/kmod" W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
+	fi
+	make -s -C "$hdr" M="$work/kmod" \
 		PHXFS_INCLUDE="$repo/include" KBUILD_EXTRA_SYMBOLS="$work/nvstub/Module.symvers" \
 		W=1 modules 2>&1 | grep -v 'Skipping BTF' || true
-	for m in kmod/phxfs.ko nvstub/nvstub.ko nvstub_prop/nvstub_prop.ko; do
+	for m in $mods; do
 		[ -f "$work/$m" ] || { echo "$m did not build for $kver"; return 1; }
 	done
 	# The fuzzer boots on its own: it scribbles over device memory and disk

@@ -37,6 +37,17 @@ std::string version() {
 }
 
 // Which path a read of a file on `fs` into memory of `dev` takes, and why.
+const char *page_type_name(uint32_t t) {
+    switch (t) {
+    case PHXFS_PAGES_GENERIC:
+        return "generic";
+    case PHXFS_PAGES_P2PDMA:
+        return "p2pdma";
+    default:
+        return "none";
+    }
+}
+
 json predict(const phxcheck::FsInfo &fs, const json &dev, uint32_t mode) {
     const bool direct_dev = dev.value("direct", false);
     const std::string id = "device " + std::to_string(dev.value("id", 0));
@@ -109,6 +120,12 @@ void print_text(const json &j) {
                     d["direct"].get<bool>()
                         ? ""
                         : (" (" + d["why_not_direct"].get<std::string>() + ")").c_str());
+        if (d["page_type"] == "p2pdma")
+            std::printf("    pages: the kernel's P2PDMA pages (the kernel checks the P2P distance "
+                        "to each disk; only O_DIRECT pins them)\n");
+        else if (d["page_type"] == "generic")
+            std::printf("    pages: phxfs.ko's MEMORY_DEVICE_GENERIC pages (this kernel has no "
+                        "P2PDMA; phxfs.ko keeps them safe from long-term pins)\n");
         if (!d.contains("pci"))
             continue;
         const json &pci = d["pci"];
@@ -215,7 +232,8 @@ int main(int argc, char **argv) {
                            {"direct", info.direct == 1},
                            {"why_not_direct", info.why_not_direct},
                            {"pci_bus_id", info.pci_bus_id},
-                           {"kmod_index", info.kmod_index}});
+                           {"kmod_index", info.kmod_index},
+                           {"page_type", page_type_name(info.page_type)}});
         if (info.pci_bus_id[0] == '\0')
             continue;
         // Where the device sits: what decides whether peer-to-peer DMA works.

@@ -241,8 +241,9 @@ void Worker::do_vmsplice() {
         return;
     iovec iov{va, len};
     const Pipe &p = pipes_[rng_.below(pipes_.size())];
+    // EREMOTEIO: P2PDMA pages (a kernel with CONFIG_PCI_P2PDMA) refuse it.
     record(op_vmsplice, sys_err(::vmsplice(p.w, &iov, 1, SPLICE_F_NONBLOCK)),
-           {EFAULT, EAGAIN, EINVAL, ENOMEM});
+           {EFAULT, EAGAIN, EINVAL, ENOMEM, EREMOTEIO});
 }
 
 void Worker::do_pipe_close() {
@@ -271,9 +272,10 @@ void Worker::do_uring() {
         return;
     }
     iovec iov{va, len};
-    // 6.1 refuses long-term pins of ZONE_DEVICE pages (EOPNOTSUPP).
+    // 6.1 refuses long-term pins of ZONE_DEVICE pages (EOPNOTSUPP), every
+    // kernel those of P2PDMA pages (EREMOTEIO).
     if (!record(op_uring, -io_uring_register_buffers(ring.get(), &iov, 1),
-                {EFAULT, EOPNOTSUPP, ENOMEM}, "register_buffers")) {
+                {EFAULT, EOPNOTSUPP, ENOMEM, EREMOTEIO}, "register_buffers")) {
         io_uring_queue_exit(ring.get());
         return;
     }
