@@ -15,12 +15,6 @@ namespace phxfs::core {
 
 namespace {
 
-std::string hex(uint64_t v) {
-    char b[24];
-    std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-    return b;
-}
-
 bool overflows(uintptr_t a, size_t n) {
     return a + n < a;
 }

@@ -1,5 +1,6 @@
 #include "core/error.hpp"
 
+#include <cstdio>
 #include <cstring>
 
 namespace phxfs::core {
@@ -15,6 +16,12 @@ void fail(int err, const std::string &what) {
 void fail_errno(const std::string &what) {
     const int err = errno;
     throw Error(err, what + ": " + std::strerror(err));
+}
+
+std::string hex(uint64_t v) {
+    char b[24];
+    std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+    return b;
 }
 
 void set_last_error(std::string msg) {

@@ -21,6 +21,9 @@ class Error : public std::system_error {
 // Throws Error(errno, what + ": " + strerror(errno)).
 [[noreturn]] void fail_errno(const std::string &what);
 
+// "0x1f000": addresses and offsets in messages.
+std::string hex(uint64_t v);
+
 void set_last_error(std::string msg);
 const std::string &last_error();
 

@@ -42,7 +42,7 @@ struct Split {
 Split split(const Session &s, const Request &req, File &file, uint64_t end, phxfs_mode mode) {
     const FileInfo &fi = file.info();
     const uint64_t off = req.off;
-    Split sp{off, off};
+    Split sp{off, off, -1, {}};
     const uint64_t a =
         req.write ? std::max<uint64_t>(fi.dio_offset_align, kAlign) : fi.dio_offset_align;
     if (mode == PHXFS_MODE_COMPAT) {
@@ -80,9 +80,11 @@ Split split(const Session &s, const Request &req, File &file, uint64_t end, phxf
 // wants larger blocks) goes through the file opened without O_DIRECT: make
 // sure of that file before moving a byte, so that such a request fails whole
 // rather than half done.
-void check_compat_reach(File &file, bool write, uint64_t off, uint64_t end, const Split &sp) {
+// [ma, mb) is the part that goes direct.
+void check_compat_reach(File &file, bool write, uint64_t off, uint64_t end, uint64_t ma,
+                        uint64_t mb) {
     const FileInfo &fi = file.info();
-    if (!fi.direct || (sp.ma == off && sp.mb == end))
+    if (!fi.direct || (ma == off && mb == end))
         return;
     const bool in_4k = fi.direct_in_4k();
     const bool edges = off % kAlign || end % kAlign;
@@ -122,7 +124,7 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
     const bool whole = sp.ma == off && sp.mb == end;
     if (mode == PHXFS_MODE_DIRECT && !whole)
         fail(ENOTSUP, "direct mode: " + sp.why);
-    check_compat_reach(file, write, off, end, sp);
+    check_compat_reach(file, write, off, end, sp.ma, sp.mb);
     // Auto mode on a device the module serves, sending (part of) it to compat.
     bool fell_back = mode == PHXFS_MODE_AUTO && s.node && !whole;
     if (fell_back)
@@ -172,7 +174,7 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
                 stats.fallback(); // one per request
             fell_back = true;
             sp.why = refusal(e);
-            check_compat_reach(file, write, seg.a, seg.b, Split{seg.a, seg.a});
+            check_compat_reach(file, write, seg.a, seg.b, seg.a, seg.a);
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);
         }

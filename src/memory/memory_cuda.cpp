@@ -6,7 +6,6 @@
 #include "memory/memory.hpp"
 
 #include <cctype>
-#include <cstdio>
 #include <cstdlib>
 #include <optional>
 
@@ -16,12 +15,6 @@ namespace {
 
 const cuda::Driver &drv() {
     return *cuda::driver();
-}
-
-std::string hex(CUdeviceptr v) {
-    char b[24];
-    std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-    return b;
 }
 
 // Whether a is memory of the virtual memory API (cuMemCreate + cuMemMap), as

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "../unit/testutil.hpp"
+#include "map_request.hpp"
 
 #include <phxfs/phxfs_ioctl.h>
 
@@ -66,11 +67,7 @@ inline bool p2pdma_pages(const char *node = "/dev/phxfs0") {
 }
 
 inline int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void *va) {
-    phxfs_ioctl_map r{};
-    r.size = sizeof r;
-    r.dev_addr = dev;
-    r.len = len;
-    r.vaddr = reinterpret_cast<uint64_t>(va);
+    phxfs_ioctl_map r = map_request(dev, len, va);
     errno = 0;
     return ::ioctl(fd, cmd, &r) < 0 ? errno : 0;
 }

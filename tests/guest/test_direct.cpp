@@ -357,8 +357,8 @@ TEST_F(Guest, InfoReportsThePageType) {
     ASSERT_EQ(phxfs_device_get_info(0, &info), 0);
     utsname u{};
     ::uname(&u);
-    EXPECT_EQ(info.page_type, std::strstr(u.release, "p2pdma") ? PHXFS_PAGES_P2PDMA
-                                                               : PHXFS_PAGES_GENERIC)
+    EXPECT_EQ(info.page_type,
+              std::strstr(u.release, "p2pdma") ? PHXFS_PAGES_P2PDMA : PHXFS_PAGES_GENERIC)
         << u.release;
     // A caller built against 0.1 gets the fields it knows, and no more.
     phxfs_device_info old{};

@@ -6,6 +6,8 @@
 //
 // The BAR range used here starts at PHXFS_KMOD_BAR_OFF (the harness keeps it
 // apart from the direct-path tests' ranges).
+#include "map_request.hpp"
+
 #include <phxfs/phxfs_ioctl.h>
 
 #include <gtest/gtest.h>
@@ -14,8 +16,8 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/utsname.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,12 +49,7 @@ int64_t counter(const char *name) {
 }
 
 phxfs_ioctl_map req(uint64_t dev_addr, uint64_t len, const void *vaddr) {
-    phxfs_ioctl_map r{};
-    r.size = sizeof r;
-    r.dev_addr = dev_addr;
-    r.len = len;
-    r.vaddr = reinterpret_cast<uint64_t>(vaddr);
-    return r;
+    return map_request(dev_addr, len, vaddr);
 }
 
 // errno of an ioctl that must fail, 0 if it succeeded.

@@ -30,6 +30,8 @@
 // A seed replays: every PRNG draw is made in one fixed order.
 #pragma once
 
+#include "../map_request.hpp"
+
 #include <phxfs/phxfs_ioctl.h>
 
 #include <liburing.h>
@@ -167,12 +169,7 @@ inline int do_ioctl(int fd, unsigned long cmd, const void *arg) {
 }
 
 inline phxfs_ioctl_map map_req(uint64_t dev_addr, uint64_t len, const void *va) {
-    phxfs_ioctl_map r{};
-    r.size = sizeof r;
-    r.dev_addr = dev_addr;
-    r.len = len;
-    r.vaddr = reinterpret_cast<uint64_t>(va);
-    return r;
+    return map_request(dev_addr, len, va);
 }
 
 // --- signals (worker.cpp): a SIGBUS on a page whose MAP is gone is expected
