@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define PHXFS_VERSION_MAJOR 0
-#define PHXFS_VERSION_MINOR 1
+#define PHXFS_VERSION_MINOR 2
 #define PHXFS_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------ */
@@ -111,6 +111,152 @@ ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset,
  */
 ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_offset,
 		    size_t nbyte, off_t f_offset);
+
+/* ------------------------------------------------------------------------ */
+/* File handles (since 0.2)                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A file opened once for Phoenix on one device. The handle keeps what each
+ * phxfs_read() on a bare fd works out again: the fd's flags and file type,
+ * the file's direct-I/O alignment (statx), and the file reopened with
+ * O_DIRECT set or cleared where the I/O paths need it. Every call on
+ * handles below is thread safe; requests on one handle may run at once.
+ * Handles are keys, never reused: a closed handle's calls fail with EBADF.
+ */
+typedef struct phxfs_file *phxfs_file_t;
+
+/**
+ * phxfs_file_open() - open a handle for fd, moving data to and from memory
+ * of device_id. fd stays the caller's: the library never closes or changes
+ * it, and it must stay open until phxfs_file_close() returns.
+ * Errors: ENODEV, EBADF (fd not open), ESPIPE (pipe or socket), EINVAL
+ * (NULL fh), ENOMEM.
+ */
+int phxfs_file_open(phxfs_file_t *fh, int device_id, int fd);
+
+/**
+ * phxfs_file_close() - close a handle. Waits for the requests still using it
+ * (futures, batch entries) to complete, so that nothing of the library
+ * touches the fd after it returns. Errors: EBADF (not an open handle).
+ */
+int phxfs_file_close(phxfs_file_t fh);
+
+/* phxfs_read() and phxfs_write() on a handle: same arguments, results and
+ * errors (EBADF also for a closed handle). */
+ssize_t phxfs_file_read(phxfs_file_t fh, void *buf, off_t buf_offset,
+			size_t nbyte, off_t f_offset);
+ssize_t phxfs_file_write(phxfs_file_t fh, const void *buf, off_t buf_offset,
+			 size_t nbyte, off_t f_offset);
+
+/* ------------------------------------------------------------------------ */
+/* Futures (since 0.2)                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A read or write that returns at once and runs in the library's worker
+ * threads (as many at once as phxfs_config.threads), taking the same paths
+ * as the synchronous call. The buffer must stay valid, and a write's bytes
+ * unchanged, until the future completes.
+ */
+typedef struct phxfs_future *phxfs_future_t;
+
+int phxfs_file_read_async(phxfs_file_t fh, void *buf, off_t buf_offset,
+			  size_t nbyte, off_t f_offset,
+			  phxfs_future_t *future);
+int phxfs_file_write_async(phxfs_file_t fh, const void *buf,
+			   off_t buf_offset, size_t nbyte, off_t f_offset,
+			   phxfs_future_t *future);
+
+/* 1 when the request has completed, 0 while it runs, -1 (EINVAL) for a
+ * NULL future. */
+int phxfs_future_poll(phxfs_future_t future);
+
+/**
+ * phxfs_future_wait() - wait for a request, at most timeout_ns nanoseconds
+ * (negative: for ever). Returns its result: the bytes moved, or -1 with
+ * errno and phxfs_last_error() as the synchronous call would have set them.
+ * ETIMEDOUT: still running (the future stays valid; wait again or free it).
+ * May be called again after completion: the same result.
+ */
+ssize_t phxfs_future_wait(phxfs_future_t future, int64_t timeout_ns);
+
+/* Waits for the request to complete, then frees the future. */
+void phxfs_future_free(phxfs_future_t future);
+
+/* ------------------------------------------------------------------------ */
+/* Batches (since 0.2)                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Many reads and writes in flight at once, submitted and reaped in groups,
+ * as with io_uring. A batch has a fixed depth: how many requests may be in
+ * it (submitted, not yet reaped) at once; no allocation per request after
+ * phxfs_batch_create(). Requests may be of any handles and devices; each
+ * completes alone, with its own result: one bad request fails alone.
+ * Submitting, reaping and cancelling are thread safe.
+ */
+typedef struct phxfs_batch *phxfs_batch_t;
+
+enum phxfs_op {
+	PHXFS_OP_READ = 0,
+	PHXFS_OP_WRITE = 1,
+};
+
+struct phxfs_io {
+	phxfs_file_t fh;
+	uint32_t op;		/* enum phxfs_op */
+	uint32_t reserved;	/* 0 */
+	void *buf;		/* device or host memory; for writes, read only */
+	uint64_t buf_offset;
+	uint64_t nbyte;
+	uint64_t f_offset;
+	void *user_data;	/* handed back in the completion */
+};
+
+enum phxfs_io_status {
+	PHXFS_IO_DONE = 0,	/* result: bytes moved (short only at EOF) */
+	PHXFS_IO_FAILED = 1,	/* result: -errno; error: why */
+	PHXFS_IO_CANCELED = 2,	/* result: -ECANCELED; never started */
+};
+
+struct phxfs_completion {
+	void *user_data;
+	int64_t result;
+	uint32_t status;	/* enum phxfs_io_status */
+	uint32_t reserved;
+	char error[112];	/* "" unless failed */
+};
+
+/* A batch of at most depth requests at once (1..1048576). */
+int phxfs_batch_create(phxfs_batch_t *batch, unsigned depth);
+
+/**
+ * phxfs_batch_submit() - queue n requests; they start at once. All or
+ * nothing: EAGAIN when fewer than n places are free (reap first), EINVAL
+ * for a malformed array. A request that cannot run (a closed handle, a bad
+ * range, memory of another device) is accepted and completes as failed.
+ * Returns n, or -1.
+ */
+int phxfs_batch_submit(phxfs_batch_t batch, const struct phxfs_io *ios,
+		       unsigned n);
+
+/**
+ * phxfs_batch_reap() - take completions: waits until at least min_nr are
+ * there or timeout_ns has passed (negative: no limit; 0: do not wait), then
+ * takes at most max_nr. Returns how many it took (fewer than min_nr only on
+ * timeout), or -1 (EINVAL: min_nr > max_nr, or more than can ever come).
+ */
+int phxfs_batch_reap(phxfs_batch_t batch, struct phxfs_completion *out,
+		     unsigned min_nr, unsigned max_nr, int64_t timeout_ns);
+
+/* Cancels the requests not yet started (they complete as canceled);
+ * started ones run to the end. Returns how many it canceled, or -1. */
+int phxfs_batch_cancel(phxfs_batch_t batch);
+
+/* Cancels what has not started, waits for the rest, frees the batch and
+ * its completions not reaped. */
+int phxfs_batch_destroy(phxfs_batch_t batch);
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                             */

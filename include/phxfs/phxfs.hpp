@@ -2,8 +2,16 @@
 //
 //   phxfs::Device gpu(0);                        // phxfs_open / phxfs_close
 //   phxfs::Registration reg(gpu, dptr, bytes);   // phxfs_regmem / phxfs_deregmem
-//   phxfs::File f("data.bin", O_RDONLY, gpu);    // owns the fd
+//   phxfs::File f("data.bin", O_RDONLY, gpu);    // owns the fd and a file handle
 //   size_t n = f.read(dptr, bytes, 0);           // throws phxfs::Error
+//   phxfs::Future fut = f.pread(dptr, bytes, 0); // returns at once
+//   n = fut.get();                               // waits; throws phxfs::Error
+//
+//   phxfs::Batch batch(1024);                    // many requests in flight
+//   phxfs_io io = phxfs::Batch::read(f, dptr, 4096, 0);
+//   batch.submit(&io, 1);
+//   phxfs_completion c;
+//   batch.reap(&c, 1, 1);                        // c.result: bytes or -errno
 //
 // Every failure throws phxfs::Error, which carries errno and the library's
 // message. Handles are move-only.
@@ -15,6 +23,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -118,41 +127,158 @@ class Registration {
     void *target_ = nullptr;
 };
 
-// A file bound to a device; owns its fd when opened by path.
+// The result of an asynchronous read or write (phxfs_future_t): get()
+// waits and returns the bytes moved or throws. Destroying a Future waits
+// for its request.
+class Future {
+  public:
+    Future() = default;
+    explicit Future(phxfs_future_t f) : f_(f) {}
+    ~Future() { phxfs_future_free(f_); }
+    Future(Future &&o) noexcept : f_(std::exchange(o.f_, nullptr)) {}
+    Future &operator=(Future &&o) noexcept {
+        if (this != &o) {
+            phxfs_future_free(f_);
+            f_ = std::exchange(o.f_, nullptr);
+        }
+        return *this;
+    }
+    Future(const Future &) = delete;
+    Future &operator=(const Future &) = delete;
+
+    bool valid() const { return f_ != nullptr; }
+    bool ready() const { return detail::check(phxfs_future_poll(f_), "phxfs_future_poll") == 1; }
+    // True once the request has completed; false when timeout passed first.
+    bool wait_for(std::chrono::nanoseconds timeout) const {
+        phxfs_future_wait(f_, timeout.count()); // the request's own error is get()'s
+        return ready();
+    }
+    size_t get() const {
+        return static_cast<size_t>(detail::check(phxfs_future_wait(f_, -1), "phxfs_future_wait"));
+    }
+
+  private:
+    phxfs_future_t f_ = nullptr;
+};
+
+// A file open for Phoenix on a device (a phxfs_file_t handle); owns its fd
+// when opened by path.
 class File {
   public:
     File(const std::string &path, int flags, const Device &dev, mode_t mode = 0644)
         : fid_{::open(path.c_str(), flags | O_CLOEXEC, mode), dev.id()}, owned_(true) {
         if (fid_.fd < 0)
             throw Error(errno, "open " + path);
+        open_handle();
     }
-    // Borrows fd: the caller keeps owning it.
-    File(int fd, const Device &dev) : fid_{fd, dev.id()}, owned_(false) {}
-    ~File() {
-        if (owned_ && fid_.fd >= 0)
-            ::close(fid_.fd);
+    // Borrows fd: the caller keeps owning it, open until the File is gone.
+    File(int fd, const Device &dev) : fid_{fd, dev.id()}, owned_(false) { open_handle(); }
+    ~File() { reset(); }
+    File(File &&o) noexcept
+        : fid_(o.fid_), owned_(std::exchange(o.owned_, false)), fh_(std::exchange(o.fh_, nullptr)) {
     }
-    File(File &&o) noexcept : fid_(o.fid_), owned_(std::exchange(o.owned_, false)) {}
     File &operator=(File &&) = delete;
     File(const File &) = delete;
     File &operator=(const File &) = delete;
 
     phxfs_fileid_t id() const { return fid_; }
     int fd() const { return fid_.fd; }
+    phxfs_file_t handle() const { return fh_; }
 
     // Bytes read into buf + buf_offset from file offset file_offset; short only at EOF.
     size_t read(void *buf, size_t n, off_t file_offset, off_t buf_offset = 0) const {
-        return static_cast<size_t>(
-            detail::check(phxfs_read(fid_, buf, buf_offset, n, file_offset), "phxfs_read"));
+        return static_cast<size_t>(detail::check(
+            phxfs_file_read(fh_, buf, buf_offset, n, file_offset), "phxfs_file_read"));
     }
     size_t write(const void *buf, size_t n, off_t file_offset, off_t buf_offset = 0) const {
-        return static_cast<size_t>(
-            detail::check(phxfs_write(fid_, buf, buf_offset, n, file_offset), "phxfs_write"));
+        return static_cast<size_t>(detail::check(
+            phxfs_file_write(fh_, buf, buf_offset, n, file_offset), "phxfs_file_write"));
+    }
+    // The same, returning at once; the buffer must outlive the Future.
+    Future pread(void *buf, size_t n, off_t file_offset, off_t buf_offset = 0) const {
+        phxfs_future_t f = nullptr;
+        detail::check(phxfs_file_read_async(fh_, buf, buf_offset, n, file_offset, &f),
+                      "phxfs_file_read_async");
+        return Future(f);
+    }
+    Future pwrite(const void *buf, size_t n, off_t file_offset, off_t buf_offset = 0) const {
+        phxfs_future_t f = nullptr;
+        detail::check(phxfs_file_write_async(fh_, buf, buf_offset, n, file_offset, &f),
+                      "phxfs_file_write_async");
+        return Future(f);
     }
 
   private:
+    void open_handle() {
+        if (phxfs_file_open(&fh_, fid_.deviceID, fid_.fd) < 0) {
+            const int err = errno;
+            const std::string msg = phxfs_last_error();
+            reset();
+            throw Error(err, "phxfs_file_open: " + msg);
+        }
+    }
+    void reset() noexcept {
+        if (fh_)
+            phxfs_file_close(fh_);
+        fh_ = nullptr;
+        if (owned_ && fid_.fd >= 0)
+            ::close(fid_.fd);
+        owned_ = false;
+    }
     phxfs_fileid_t fid_;
     bool owned_;
+    phxfs_file_t fh_ = nullptr;
+};
+
+// Many requests in flight at once (phxfs_batch_t).
+class Batch {
+  public:
+    explicit Batch(unsigned depth) {
+        detail::check(phxfs_batch_create(&b_, depth), "phxfs_batch_create");
+    }
+    ~Batch() {
+        if (b_)
+            phxfs_batch_destroy(b_);
+    }
+    Batch(Batch &&o) noexcept : b_(std::exchange(o.b_, nullptr)) {}
+    Batch &operator=(Batch &&) = delete;
+    Batch(const Batch &) = delete;
+    Batch &operator=(const Batch &) = delete;
+
+    static phxfs_io read(const File &f, void *buf, size_t n, off_t file_offset,
+                         void *user_data = nullptr, size_t buf_offset = 0) {
+        return {
+            f.handle(), PHXFS_OP_READ, 0, buf, buf_offset, n, static_cast<uint64_t>(file_offset),
+            user_data};
+    }
+    static phxfs_io write(const File &f, const void *buf, size_t n, off_t file_offset,
+                          void *user_data = nullptr, size_t buf_offset = 0) {
+        return {f.handle(),
+                PHXFS_OP_WRITE,
+                0,
+                const_cast<void *>(buf),
+                buf_offset,
+                n,
+                static_cast<uint64_t>(file_offset),
+                user_data};
+    }
+    // Queues ios[0..n) (all or none; throws EAGAIN when the batch is too full).
+    void submit(const phxfs_io *ios, unsigned n) {
+        detail::check(phxfs_batch_submit(b_, ios, n), "phxfs_batch_submit");
+    }
+    // Takes at least min_nr (unless timeout passes; negative: no limit) and
+    // at most max_nr completions into out; returns how many.
+    unsigned reap(phxfs_completion *out, unsigned min_nr, unsigned max_nr,
+                  std::chrono::nanoseconds timeout = std::chrono::nanoseconds(-1)) {
+        return static_cast<unsigned>(detail::check(
+            phxfs_batch_reap(b_, out, min_nr, max_nr, timeout.count()), "phxfs_batch_reap"));
+    }
+    unsigned cancel() {
+        return static_cast<unsigned>(detail::check(phxfs_batch_cancel(b_), "phxfs_batch_cancel"));
+    }
+
+  private:
+    phxfs_batch_t b_ = nullptr;
 };
 
 inline phxfs_config get_config() {

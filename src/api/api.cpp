@@ -3,6 +3,7 @@
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/error.hpp"
+#include "core/request.hpp"
 
 #include <phxfs/phxfs.h>
 
@@ -38,13 +39,9 @@ void fill_versioned(T *p, const char *what, size_t v01, Fill &&fill) {
 }
 
 void check_io(off_t buf_offset, size_t nbyte, off_t f_offset) {
-    constexpr auto max = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
     if (buf_offset < 0 || f_offset < 0)
         fail(EINVAL, "negative offset");
-    if (nbyte > max || static_cast<uint64_t>(f_offset) > max - nbyte)
-        fail(EINVAL, "file range overflows");
-    if (nbyte > static_cast<uint64_t>(std::numeric_limits<ssize_t>::max()))
-        fail(EINVAL, "nbyte too large");
+    check_io_range(static_cast<uint64_t>(buf_offset), nbyte, static_cast<uint64_t>(f_offset));
 }
 
 } // namespace
@@ -85,7 +82,7 @@ PHXFS_API ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset, si
         check_io(buf_offset, nbyte, f_offset);
         return static_cast<ssize_t>(
             device(fid.deviceID)
-                .read(fid.fd, static_cast<char *>(buf) + buf_offset, nbyte, f_offset));
+                .io(false, fid.fd, static_cast<char *>(buf) + buf_offset, nbyte, f_offset));
     });
 }
 
@@ -95,7 +92,7 @@ PHXFS_API ssize_t phxfs_write(phxfs_fileid_t fid, const void *buf, off_t buf_off
         check_io(buf_offset, nbyte, f_offset);
         return static_cast<ssize_t>(
             device(fid.deviceID)
-                .write(fid.fd, static_cast<const char *>(buf) + buf_offset, nbyte, f_offset));
+                .io(true, fid.fd, static_cast<const char *>(buf) + buf_offset, nbyte, f_offset));
     });
 }
 

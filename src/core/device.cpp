@@ -251,7 +251,7 @@ Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n)
     return out;
 }
 
-size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
+size_t Device::transfer(bool write, File &file, char *p, size_t n, uint64_t off) {
     const auto a = reinterpret_cast<uintptr_t>(p);
     std::shared_ptr<Session> session;
     RegistrationUse use; // the registration holding [p, p + n), if any
@@ -264,29 +264,24 @@ size_t Device::transfer(bool write, int fd, char *p, size_t n, uint64_t off) {
                 use = RegistrationUse(r);
         }
     }
-    File file(fd, write);
+    const FileInfo info = file.for_request(write);
     if (n == 0)
         return 0;
     if (overflows(a, n))
         fail(EINVAL, "buffer range overflows");
-    const Request req{write, id_, file, resolve(*session, use.get(), p, n), n, off};
+    const Request req{write, id_, file, info, resolve(*session, use.get(), p, n), n, off};
     return run_request(*session, stats_, req);
 }
 
-size_t Device::read(int fd, void *buf, size_t n, uint64_t off) {
+size_t Device::io(bool write, int fd, File *file, const void *buf, size_t n, uint64_t off) {
+    char *p = const_cast<char *>(static_cast<const char *>(buf));
     try {
-        return transfer(false, fd, static_cast<char *>(buf), n, off);
+        if (file)
+            return transfer(write, *file, p, n, off);
+        File once(fd);
+        return transfer(write, once, p, n, off);
     } catch (const std::exception &e) {
-        failed(false, fd, n, off, e);
-        throw;
-    }
-}
-
-size_t Device::write(int fd, const void *buf, size_t n, uint64_t off) {
-    try {
-        return transfer(true, fd, const_cast<char *>(static_cast<const char *>(buf)), n, off);
-    } catch (const std::exception &e) {
-        failed(true, fd, n, off, e);
+        failed(write, fd, n, off, e);
         throw;
     }
 }

@@ -79,8 +79,14 @@ class Device {
     void close();
     void *regmem(const void *addr, size_t len);
     void deregmem(const void *addr, size_t len);
-    size_t read(int fd, void *buf, size_t n, uint64_t off);
-    size_t write(int fd, const void *buf, size_t n, uint64_t off);
+    // A read (write = false) or write of n bytes at file offset off, on the
+    // caller's fd as it is now, or through a file handle's File.
+    size_t io(bool write, int fd, const void *buf, size_t n, uint64_t off) {
+        return io(write, fd, nullptr, buf, n, off);
+    }
+    size_t io(bool write, File &file, const void *buf, size_t n, uint64_t off) {
+        return io(write, file.fd(), &file, buf, n, off);
+    }
 
     void info(phxfs_device_info &out) const;
     // What the module's node says of its pages (discovery; PHXFS_INFO_*).
@@ -100,7 +106,8 @@ class Device {
     const std::shared_ptr<Session> &session_locked() const;
     std::shared_ptr<Session> make_session();
     Resolved resolve(Session &s, const Registration *reg, char *p, size_t n) const;
-    size_t transfer(bool write, int fd, char *p, size_t n, uint64_t off);
+    size_t io(bool write, int fd, File *file, const void *buf, size_t n, uint64_t off);
+    size_t transfer(bool write, File &file, char *p, size_t n, uint64_t off);
     void failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e);
     std::unique_ptr<KmodMapping> map(Session &s, uintptr_t addr, size_t len) const;
     static void drop(const std::shared_ptr<Registration> &reg);

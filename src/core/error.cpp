@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 namespace phxfs::core {
 
@@ -30,6 +31,20 @@ void set_last_error(std::string msg) {
 
 const std::string &last_error() {
     return tls_last_error;
+}
+
+Failure current_failure() {
+    try {
+        throw;
+    } catch (const Error &e) {
+        return {e.err(), e.what()};
+    } catch (const std::bad_alloc &) {
+        return {ENOMEM, "out of memory"};
+    } catch (const std::exception &e) {
+        return {EIO, std::string("internal error: ") + e.what()};
+    } catch (...) {
+        return {EIO, "internal error"};
+    }
 }
 
 } // namespace phxfs::core

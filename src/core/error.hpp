@@ -27,20 +27,22 @@ std::string hex(uint64_t v);
 void set_last_error(std::string msg);
 const std::string &last_error();
 
+// errno and message of the exception being handled: call in a catch block.
+struct Failure {
+    int err;
+    std::string message;
+};
+Failure current_failure();
+
 // Runs fn for the C API: on success clears nothing and returns fn's value;
 // on failure sets errno and the last-error message and returns -1.
 template <typename Fn> auto c_call(Fn &&fn) noexcept -> decltype(fn()) {
     try {
         return std::forward<Fn>(fn)();
-    } catch (const Error &e) {
-        set_last_error(e.what());
-        errno = e.err();
-    } catch (const std::bad_alloc &) {
-        set_last_error("out of memory");
-        errno = ENOMEM;
-    } catch (const std::exception &e) {
-        set_last_error(std::string("internal error: ") + e.what());
-        errno = EIO;
+    } catch (...) {
+        Failure f = current_failure();
+        set_last_error(std::move(f.message));
+        errno = f.err;
     }
     return -1;
 }

@@ -2,6 +2,7 @@
 
 #include "core/config.hpp"
 #include "core/device.hpp"
+#include "core/handle.hpp"
 #include "core/trace.hpp"
 #include "engine/workers.hpp"
 #include "memory/memory.hpp"
@@ -22,6 +23,7 @@ void child_after_fork() {
     trace::after_fork_child();
     cuda_after_fork_child();
     devices_after_fork_child();
+    handles_after_fork_child();
 }
 
 } // namespace

@@ -6,6 +6,7 @@
 #include "engine/direct.hpp"
 
 #include <algorithm>
+#include <limits>
 
 namespace phxfs::core {
 
@@ -40,7 +41,7 @@ struct Split {
 // buffered one, which a block device does not serialise), at buffer
 // addresses the storage may DMA to.
 Split split(const Session &s, const Request &req, File &file, uint64_t end, phxfs_mode mode) {
-    const FileInfo &fi = file.info();
+    const FileInfo &fi = req.info;
     const uint64_t off = req.off;
     Split sp{off, off, -1, {}};
     const uint64_t a =
@@ -101,6 +102,14 @@ void check_compat_reach(File &file, bool write, uint64_t off, uint64_t end, uint
 
 } // namespace
 
+void check_io_range(uint64_t buf_offset, uint64_t nbyte, uint64_t f_offset) {
+    constexpr auto max = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
+    if (buf_offset > max || f_offset > max)
+        fail(EINVAL, "offset beyond the largest off_t");
+    if (nbyte > max || f_offset > max - nbyte)
+        fail(EINVAL, "file range overflows");
+}
+
 std::string request_name(bool write, int device_id, int fd, size_t n, uint64_t off) {
     return std::string(write ? "write" : "read") + " dev " + std::to_string(device_id) + " fd " +
            std::to_string(fd) + " " + std::to_string(n) + " B at " + std::to_string(off);
@@ -113,7 +122,7 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
     const uint64_t off = req.off;
     const Resolved &r = req.where;
     File &file = req.file;
-    const FileInfo &fi = file.info();
+    const FileInfo &fi = req.info;
     const uint64_t t_start = now_ns();
 
     uint64_t end = off + req.n;

@@ -16,10 +16,15 @@ struct Request {
     bool write = false;
     int device_id = 0;
     File &file;
-    Resolved where; // the buffer
-    size_t n = 0;   // bytes asked for, n > 0
+    const FileInfo &info; // the file as this request sees it (File::for_request)
+    Resolved where;       // the buffer
+    size_t n = 0;         // bytes asked for, n > 0
     uint64_t off = 0;
 };
+
+// Throws EINVAL when a request's file range overflows off_t or its length
+// a ssize_t result.
+void check_io_range(uint64_t buf_offset, uint64_t nbyte, uint64_t f_offset);
 
 // Runs req on session s and counts it in stats; returns the bytes moved
 // (short only at end of file), or throws.

@@ -28,7 +28,7 @@ void UniqueFd::reset() {
     fd_ = -1;
 }
 
-FileInfo inspect_fd(int fd, bool for_write) {
+FileInfo inspect_fd(int fd) {
     FileInfo fi;
     fi.fd = fd;
     const int fl = fd < 0 ? -1 : ::fcntl(fd, F_GETFL);
@@ -39,13 +39,6 @@ FileInfo inspect_fd(int fd, bool for_write) {
     fi.writable = acc == O_WRONLY || acc == O_RDWR;
     fi.direct = fl & O_DIRECT;
     fi.append = fl & O_APPEND;
-    if (for_write && !fi.writable)
-        fail(EBADF, "fd " + std::to_string(fd) + " is not open for writing");
-    if (!for_write && !fi.readable)
-        fail(EBADF, "fd " + std::to_string(fd) + " is not open for reading");
-    if (for_write && fi.append)
-        fail(EINVAL, "fd " + std::to_string(fd) +
-                         " has O_APPEND: positional writes would land at the end of the file");
     struct statx st {};
     if (::statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_SIZE | STATX_DIOALIGN, &st) < 0)
         fail_errno("statx");
@@ -56,6 +49,7 @@ FileInfo inspect_fd(int fd, bool for_write) {
     if (auto f = fault::at(fault::Site::dio_align)) // a file system with other blocks
         fi.dio_offset_align = static_cast<uint32_t>(f->max_bytes);
     if (S_ISREG(st.stx_mode)) {
+        fi.regular = true;
         fi.size = static_cast<uint64_t>(st.stx_size);
     } else if (S_ISBLK(st.stx_mode)) {
         uint64_t bytes = 0;
@@ -65,6 +59,25 @@ FileInfo inspect_fd(int fd, bool for_write) {
         fail(ESPIPE, "fd " + std::to_string(fd) + " is a pipe or socket: no positional I/O");
     }
     return fi;
+}
+
+void check_access(const FileInfo &fi, bool for_write) {
+    if (for_write && !fi.writable)
+        fail(EBADF, "fd " + std::to_string(fi.fd) + " is not open for writing");
+    if (!for_write && !fi.readable)
+        fail(EBADF, "fd " + std::to_string(fi.fd) + " is not open for reading");
+    if (for_write && fi.append)
+        fail(EINVAL, "fd " + std::to_string(fi.fd) +
+                         " has O_APPEND: positional writes would land at the end of the file");
+}
+
+void refresh_size(FileInfo &fi) {
+    struct stat st {};
+    if (!fi.regular)
+        return;
+    if (::fstat(fi.fd, &st) < 0)
+        fail_errno("fstat of fd " + std::to_string(fi.fd));
+    fi.size = static_cast<uint64_t>(st.st_size);
 }
 
 namespace {

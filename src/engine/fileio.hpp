@@ -35,8 +35,9 @@ class UniqueFd {
 struct FileInfo {
     int fd = -1;
     bool readable = false, writable = false;
-    bool direct = false; // opened with O_DIRECT
-    bool append = false; // opened with O_APPEND
+    bool direct = false;  // opened with O_DIRECT
+    bool append = false;  // opened with O_APPEND
+    bool regular = false; // a regular file (its size may change)
     // Bytes in the file or block device; nullopt for other files.
     std::optional<uint64_t> size;
     // What O_DIRECT needs on this file, from statx(STATX_DIOALIGN) where the
@@ -54,10 +55,13 @@ struct FileInfo {
     }
 };
 
-// Inspects fd for an operation; throws EBADF for a closed fd or one not open
-// for the operation, EINVAL for an O_APPEND fd on write (pwrite would ignore
-// the offset) and ESPIPE for pipes and sockets.
-FileInfo inspect_fd(int fd, bool for_write);
+// Inspects fd: throws EBADF for a closed fd, ESPIPE for pipes and sockets.
+FileInfo inspect_fd(int fd);
+// Throws EBADF when the file is not open for the operation, EINVAL for an
+// O_APPEND fd on write (pwrite would ignore the offset).
+void check_access(const FileInfo &fi, bool for_write);
+// The size of a regular file now (it may have grown since inspect_fd).
+void refresh_size(FileInfo &fi);
 
 // Reads until n bytes or end of file; returns the bytes read. Throws on error.
 size_t pread_full(int fd, void *buf, size_t n, uint64_t off);
@@ -76,11 +80,19 @@ UniqueFd reopen_fd(int fd, bool direct);
 class File {
   public:
     // Inspects fd as inspect_fd() does (and throws as it does).
-    File(int fd, bool for_write) : info_(inspect_fd(fd, for_write)) {}
+    explicit File(int fd) : info_(inspect_fd(fd)) {}
     File(const File &) = delete;
     File &operator=(const File &) = delete;
 
     const FileInfo &info() const { return info_; }
+    // What one request sees: the access checked, the size as it is now.
+    // Requests on one handle may run at once, so each takes its own copy.
+    FileInfo for_request(bool write) const {
+        check_access(info_, write);
+        FileInfo fi = info_;
+        refresh_size(fi);
+        return fi;
+    }
     int fd() const { return info_.fd; }
     // An fd of this file with O_DIRECT (direct) or without: the caller's
     // own when it already is so, else the twin; -1 when the twin cannot be

@@ -24,11 +24,12 @@ struct Task {
 
 class Pool {
   public:
-    void post(const std::shared_ptr<Task> &task, unsigned copies) {
+    // Queues `copies` runs of task, with at least `threads` workers.
+    void post(const std::shared_ptr<Task> &task, unsigned copies, unsigned threads) {
         {
             std::lock_guard lock(m_);
             // Enough workers for the widest request seen; they idle on the queue.
-            for (; threads_ < std::min(copies, 256u); ++threads_)
+            for (; threads_ < std::min(threads, 256u); ++threads_)
                 std::thread([this] { loop(); }).detach();
             for (unsigned i = 0; i < copies; ++i)
                 queue_.push_back(task);
@@ -92,7 +93,7 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
     }
     auto task = std::make_shared<Task>();
     task->body = body;
-    pool().post(task, width - 1);
+    pool().post(task, width - 1, width - 1);
     // However the caller's share ends (an exception included), no pool
     // worker may run the body afterwards: it refers to the caller's frame.
     struct Join {
@@ -104,6 +105,12 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
         }
     } join{*task};
     body();
+}
+
+void run_async(std::function<void()> job, unsigned threads) {
+    auto task = std::make_shared<Task>();
+    task->body = std::move(job);
+    pool().post(task, 1, threads);
 }
 
 void workers_after_fork_child() {

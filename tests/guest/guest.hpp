@@ -51,7 +51,6 @@ inline void hostcheck_bar(uint64_t bar, uint64_t disk, uint64_t len) {
     std::fflush(stdout);
 }
 
-// errno of a MAP or UNMAP ioctl (cmd) on a phxfs node, 0 if it succeeded.
 // Whether the device behind node has the kernel's P2PDMA pages (a kernel
 // with CONFIG_PCI_P2PDMA, the pcibar provider): GUP then pins them only for
 // O_DIRECT to queues that can DMA peer to peer.
@@ -66,6 +65,7 @@ inline bool p2pdma_pages(const char *node = "/dev/phxfs0") {
     return p2p;
 }
 
+// errno of a MAP or UNMAP ioctl (cmd) on a phxfs node, 0 if it succeeded.
 inline int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, const void *va) {
     phxfs_ioctl_map r = map_request(dev, len, va);
     errno = 0;

@@ -369,6 +369,90 @@ TEST_F(Guest, InfoReportsThePageType) {
     EXPECT_EQ(old.page_type, 77u);
 }
 
+// #10: on the P2PDMA kernel a disk on q35's root bus (PHXFS_GUEST_FAR_DISK)
+// is across a host bridge the kernel's distance check does not whitelist:
+// O_DIRECT into the device's pages fails with EREMOTEIO. Direct mode fails
+// with that reason; auto mode moves the bytes through staging, both ways.
+TEST_F(Guest, DistanceRefusedDiskFallsBackWithTheReason) {
+    const char *far = std::getenv("PHXFS_GUEST_FAR_DISK");
+    if (!p2pdma_pages() || !far || !*far)
+        GTEST_SKIP() << "P2PDMA kernel with a disk across the root complex only";
+    const uint64_t len = 1 << 20;
+    auto [bar, unused] = ranges.take(len);
+    uint8_t *t = reg(bar, len);
+    {
+        const int fd = ::open(far, O_WRONLY | O_DIRECT);
+        ASSERT_GE(fd, 0) << far;
+        auto buf = host_buffer(len);
+        fill_pattern_fast(buf.get(), len, 0, 63);
+        ASSERT_EQ(::pwrite(fd, buf.get(), len, 0), static_cast<ssize_t>(len));
+        ::close(fd);
+    }
+    const int fd = ::open(far, O_RDWR | O_DIRECT);
+    ASSERT_GE(fd, 0) << far;
+    phxfs_config c{};
+    c.size = sizeof c;
+    ASSERT_EQ(phxfs_get_config(&c), 0);
+    const uint32_t mode = c.mode;
+    c.mode = PHXFS_MODE_DIRECT;
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+    std::memset(t, 0, len);
+    errno = 0;
+    EXPECT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0), -1);
+    EXPECT_EQ(errno, EREMOTEIO);
+    EXPECT_NE(std::string(phxfs_last_error()).find("P2P distance check"), std::string::npos)
+        << phxfs_last_error();
+    c.mode = PHXFS_MODE_AUTO;
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+    ASSERT_EQ(phxfs_reset_stats(0), 0);
+    EXPECT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, 0),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    EXPECT_EQ(first_mismatch(t, len, 0, 63), len);
+    // And back: device memory to the disk's second MiB.
+    EXPECT_EQ(phxfs_write({fd, 0}, reinterpret_cast<void *>(bar), 0, len, len),
+              static_cast<ssize_t>(len))
+        << phxfs_last_error();
+    auto back = host_buffer(len);
+    ASSERT_EQ(::pread(fd, back.get(), len, len), static_cast<ssize_t>(len));
+    EXPECT_EQ(first_mismatch(back.get(), len, 0, 63), len);
+    const phxfs_stats st = stats();
+    EXPECT_EQ(st.path[PHXFS_PATH_DIRECT].read_bytes + st.path[PHXFS_PATH_DIRECT].write_bytes, 0u);
+    EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_bytes, len);
+    EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].write_bytes, len);
+    EXPECT_EQ(st.fallbacks, 2u);
+    ::close(fd);
+    c.mode = mode;
+    ASSERT_EQ(phxfs_set_config(&c), 0);
+}
+
+// phxfs-check tells the disks the distance check lets through (under the
+// switch with the BAR) from the one it refuses (on the root bus).
+TEST(Check, NamesTheDistanceVerdictPerDisk) {
+    const char *far = std::getenv("PHXFS_GUEST_FAR_DISK");
+    if (!p2pdma_pages() || !far || !*far)
+        GTEST_SKIP() << "P2PDMA kernel with a disk across the root complex only";
+    FILE *p = ::popen("phxfs-check 2>&1", "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p))
+        out += buf;
+    EXPECT_EQ(::pclose(p), 0) << out;
+    // "nvmeN (bdf): relation" then "  P2PDMA: verdict", per controller.
+    const std::string name = far + 5; // "/dev/nvme2n1": namespace 1 of controller nvme2
+    const std::string ctrl = name.substr(0, name.rfind('n'));
+    const size_t at = out.find("    " + ctrl + " (");
+    ASSERT_NE(at, std::string::npos) << ctrl << " in\n" << out;
+    const size_t verdict = out.find("P2PDMA: ", at);
+    ASSERT_NE(verdict, std::string::npos) << out;
+    const std::string line = out.substr(verdict, out.find('\n', verdict) - verdict);
+    EXPECT_NE(line.find("passes only through a whitelisted host bridge"), std::string::npos)
+        << line;
+    EXPECT_NE(out.find("distance check passes (a bridge above both): direct"), std::string::npos)
+        << out;
+}
+
 // #11 finding 10: compat mode is what the user asked for, not a fallback.
 TEST_F(Guest, CompatModeCountsNoFallbacks) {
     phxfs_config c{};

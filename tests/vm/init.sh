@@ -108,18 +108,21 @@ if insmod /phxfs.ko "pcibar=$bdf@2" "nvidia_extra=$gpubdf@2" debug=0 pcibar_scru
 else
 	result kmod_load fail
 fi
-# The raw test disk is 1 GiB, the ext4 disk 256 MiB (names may swap).
+# The raw test disk is 1 GiB, the ext4 disk 256 MiB, the far disk 64 MiB
+# (names may swap).
 for i in 1 2 3 4 5 6 7 8 9 10; do
-	[ -b /dev/nvme1n1 ] && [ -c /dev/phxfs0 ] && break
+	[ "$(ls -d /sys/block/nvme* 2>/dev/null | wc -l)" = "$(ls /sys/class/nvme 2>/dev/null | wc -l)" ] &&
+		[ -c /dev/phxfs0 ] && break
 	sleep 0.5
 done
 for b in /sys/block/nvme*; do
 	case $(cat "$b/size") in
 	2097152) export PHXFS_GUEST_DISK=/dev/${b##*/} ;;
 	524288) fsdisk=/dev/${b##*/} ;;
+	131072) export PHXFS_GUEST_FAR_DISK=/dev/${b##*/} ;; # P2PDMA kernel: across the root
 	esac
 done
-echo "DISKS raw $PHXFS_GUEST_DISK ext4 $fsdisk"
+echo "DISKS raw $PHXFS_GUEST_DISK ext4 $fsdisk far ${PHXFS_GUEST_FAR_DISK:-none}"
 mkdir -p /mnt/fs
 mount -t ext4 "$fsdisk" /mnt/fs && export PHXFS_GUEST_FS=/mnt/fs
 for t in /tests/*; do

@@ -35,8 +35,7 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-# (p2pdma is not in "all" yet: its suite does not pass whole; issue #10.)
-[ "$kernels" = all ] && kernels="6.1 6.12"
+[ "$kernels" = all ] && kernels="6.1 6.12 p2pdma"
 fuzz_seed=${PHXFS_FUZZ_SEED:-$(date +%s)}
 echo "== fuzzer seed $fuzz_seed (PHXFS_FUZZ_SEED=$fuzz_seed replays it)"
 build=$(cd "$repo" && mkdir -p "$build" && cd "$build" && pwd)
@@ -86,6 +85,8 @@ make_initramfs() {
 	done
 	cp "$work/../kmod/phxfs.ko" "$work/../nvstub/nvstub.ko" "$root/"
 	[ ! -f "$work/../nvstub_prop/nvstub_prop.ko" ] || cp "$work/../nvstub_prop/nvstub_prop.ko" "$root/"
+	cp "$build/tools/phxfs-check" "$root/bin/"
+	copy_libs "$root" "$root/bin/phxfs-check"
 	for f in "$guest_bin"/*; do
 		cp "$f" "$root/tests/"
 		copy_libs "$root" "$f"
@@ -103,7 +104,8 @@ make_initramfs() {
 
 # Where the guest's disks and BARs sit: on q35's root bus, or (the P2PDMA
 # kernel) under one PCIe switch, where the kernel's distance check lets them
-# reach each other.
+# reach each other, plus a small disk left on the root bus (far.img), which
+# the check refuses as it refuses any peer across q35's host bridge.
 devices() {
 	local kver=$1 work=$2 bus=() i
 	if [ "$kver" = "$("$here/kernel.sh" resolve p2pdma)" ]; then
@@ -112,6 +114,8 @@ devices() {
 			echo -device "xio3130-downstream,id=dn$i,bus=up,chassis=$((i + 1)),slot=0"
 			bus[i]=",bus=dn$i"
 		done
+		echo -drive "file=$work/far.img,if=none,format=raw,id=d2" \
+			-device "nvme,serial=phxfar,drive=d2"
 	fi
 	echo -drive "file=$work/disk.img,if=none,format=raw,id=d0" \
 		-device "nvme,serial=phxdisk,drive=d0${bus[1]:-}" \
@@ -132,6 +136,7 @@ boot() {
 	truncate -s 512M "$work/ivshmem.bin"
 	truncate -s 256M "$work/gpu.bin"
 	truncate -s 256M "$work/fs.img"
+	truncate -s 64M "$work/far.img"
 	mkfs.ext4 -q -F "$work/fs.img"
 	t0=$(date +%s)
 	timeout $((1200 + fuzz_seconds)) qemu-system-x86_64 -machine q35,accel=tcg -m 2G -smp 2 \
@@ -144,7 +149,7 @@ boot() {
 	echo "VM wall time ($mode): $(($(date +%s) - t0)) s"
 	python3 "$here/check.py" --kernel "$kver" --work "$work" --mode "$mode" |
 		tee "$work/check.log"
-	[ "$keep" = 1 ] || rm -f "$work"/{disk.img,fs.img,ivshmem.bin,gpu.bin,initrd.gz}
+	[ "$keep" = 1 ] || rm -f "$work"/{disk.img,fs.img,far.img,ivshmem.bin,gpu.bin,initrd.gz}
 }
 
 run_kernel() {

@@ -36,7 +36,6 @@ std::string version() {
            std::to_string(PHXFS_VERSION_PATCH);
 }
 
-// Which path a read of a file on `fs` into memory of `dev` takes, and why.
 const char *page_type_name(uint32_t t) {
     switch (t) {
     case PHXFS_PAGES_GENERIC:
@@ -48,6 +47,19 @@ const char *page_type_name(uint32_t t) {
     }
 }
 
+// What the kernel's P2P distance check will say to a disk, for a device
+// with P2PDMA pages ("" for other pages: phxfs.ko does no such check).
+std::string p2pdma_verdict(uint32_t page_type, const phxcheck::PciPeer &p) {
+    if (page_type != PHXFS_PAGES_P2PDMA)
+        return "";
+    if (p.common_bridge)
+        return "the kernel's distance check passes (a bridge above both): direct";
+    return "the kernel's distance check passes only through a whitelisted host bridge (AMD "
+           "Zen, some Intel Xeons); elsewhere O_DIRECT fails with EREMOTEIO and libphxfs "
+           "moves the bytes through staging (auto mode; PHXFS_TRACE=stderr shows it)";
+}
+
+// Which path a read of a file on `fs` into memory of `dev` takes, and why.
 json predict(const phxcheck::FsInfo &fs, const json &dev, uint32_t mode) {
     const bool direct_dev = dev.value("direct", false);
     const std::string id = "device " + std::to_string(dev.value("id", 0));
@@ -141,10 +153,13 @@ void print_text(const json &j) {
                         pci["iommu_group_type"].get<std::string>().c_str());
         if (pci["nvme"].empty())
             std::printf("    no NVMe controller on this machine's PCI bus\n");
-        for (const auto &p : pci["nvme"])
+        for (const auto &p : pci["nvme"]) {
             std::printf("    %s (%s): %s\n", p["name"].get<std::string>().c_str(),
                         p["bus_id"].get<std::string>().c_str(),
                         p["relation"].get<std::string>().c_str());
+            if (!p["p2pdma_distance"].get<std::string>().empty())
+                std::printf("      P2PDMA: %s\n", p["p2pdma_distance"].get<std::string>().c_str());
+        }
     }
     for (const auto &p : j["paths"]) {
         const std::string path = p["path"].get<std::string>();
@@ -243,7 +258,8 @@ int main(int argc, char **argv) {
             peers.push_back({{"name", p.name},
                              {"bus_id", p.bus_id},
                              {"relation", p.relation},
-                             {"p2p_likely", p.p2p_likely}});
+                             {"p2p_likely", p.p2p_likely},
+                             {"p2pdma_distance", p2pdma_verdict(info.page_type, p)}});
         devices.back()["pci"] = pci.error.empty() ? json{{"bar1_bytes", pci.bar1_bytes},
                                                          {"iommu_group_type", pci.iommu_group_type},
                                                          {"nvme", peers}}

@@ -47,6 +47,7 @@ PciPeer relate(const std::vector<std::string> &gpu, const std::vector<std::strin
     } else {
         p.relation = common == 2 ? "under the same root port" : "under the same PCIe switch (best)";
         p.p2p_likely = true;
+        p.common_bridge = true;
     }
     return p;
 }

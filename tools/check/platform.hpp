@@ -24,6 +24,7 @@ struct PciPeer {
     std::string bus_id;   // its PCI address
     std::string relation; // "same PCIe switch", "same root port", "same host bridge", ...
     bool p2p_likely = false;
+    bool common_bridge = false; // a root port or switch above both: no host bridge between
 };
 
 struct PciDeviceInfo {

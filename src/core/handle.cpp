@@ -1,0 +1,97 @@
+#include "core/handle.hpp"
+
+#include "core/device.hpp"
+#include "core/error.hpp"
+#include "core/fork.hpp"
+
+#include <atomic>
+#include <unordered_map>
+
+namespace phxfs::core {
+
+FileHandle::Use::Use(std::shared_ptr<FileHandle> h) : h_(std::move(h)) {
+    std::lock_guard lock(h_->m_);
+    ++h_->uses_;
+}
+
+FileHandle::Use &FileHandle::Use::operator=(Use &&o) noexcept {
+    if (this != &o) {
+        release();
+        h_ = std::move(o.h_);
+    }
+    return *this;
+}
+
+void FileHandle::Use::release() {
+    if (!h_)
+        return;
+    {
+        std::lock_guard lock(h_->m_);
+        --h_->uses_;
+    }
+    h_->cv_.notify_all();
+    h_.reset();
+}
+
+namespace {
+
+// The table's state. A child of fork() gets a new, empty one: the parent's
+// handles may be in use by threads that do not exist in the child (whose
+// closes would wait for them forever), so they are left as they are.
+struct Table {
+    std::mutex m;
+    std::unordered_map<uintptr_t, std::shared_ptr<FileHandle>> open;
+};
+Table *the_table = new Table;
+// Keys are never reused, so that a closed handle's key finds nothing rather
+// than a newer handle on another file.
+std::atomic<uintptr_t> next_key{1};
+
+} // namespace
+
+uintptr_t HandleTable::open(int device_id, int fd) {
+    device(device_id); // ENODEV before anything else
+    install_fork_handler();
+    auto h = std::make_shared<FileHandle>(device_id, fd);
+    const uintptr_t key = next_key.fetch_add(1);
+    std::lock_guard lock(the_table->m);
+    the_table->open.emplace(key, std::move(h));
+    return key;
+}
+
+FileHandle::Use HandleTable::use(uintptr_t key) {
+    std::shared_ptr<FileHandle> h;
+    {
+        std::lock_guard lock(the_table->m);
+        auto it = the_table->open.find(key);
+        if (it == the_table->open.end())
+            fail(EBADF, "not an open file handle (closed already, or never opened)");
+        h = it->second;
+    }
+    return FileHandle::Use(std::move(h));
+}
+
+void HandleTable::close(uintptr_t key) {
+    std::shared_ptr<FileHandle> h;
+    {
+        std::lock_guard lock(the_table->m);
+        auto it = the_table->open.find(key);
+        if (it == the_table->open.end())
+            fail(EBADF, "not an open file handle (closed already, or never opened)");
+        h = std::move(it->second);
+        the_table->open.erase(it);
+    }
+    std::unique_lock lock(h->m_);
+    h->cv_.wait(lock, [&] { return h->uses_ == 0; });
+}
+
+HandleTable &handles() {
+    static HandleTable t;
+    return t;
+}
+
+void handles_after_fork_child() {
+    the_table = new Table; // the parent's is left as it is
+}
+
+} // namespace phxfs::core

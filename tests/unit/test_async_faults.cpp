@@ -1,0 +1,129 @@
+// Futures and batches with requests held in flight on purpose (a delayed
+// pread, src/core/fault.hpp): timeouts, cancelling, and closing a handle or
+// destroying a batch while requests run.
+#include "core/fault.hpp"
+#include "testutil.hpp"
+
+#include <phxfs/phxfs.hpp>
+
+#include <chrono>
+#include <thread>
+
+using namespace phxtest;
+using namespace std::chrono_literals;
+namespace fault = phxfs::core::fault;
+using fault::Site;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+class AsyncFaults : public DeviceTest {
+  protected:
+    void SetUp() override {
+        DeviceTest::SetUp();
+        small_chunks(1, 64 << 10); // one participant: requests run one by one
+        path_ = pattern_file("data", 1 << 20);
+        fd_ = ::open(path_.c_str(), O_RDONLY);
+        ASSERT_EQ(phxfs_file_open(&fh_, 0, fd_), 0) << phxfs_last_error();
+    }
+    void TearDown() override {
+        fault::disarm();
+        if (fh_)
+            phxfs_file_close(fh_);
+        ::close(fd_);
+        DeviceTest::TearDown();
+    }
+    // The next pread sleeps for ms first.
+    static void delay_next_pread(unsigned ms) { fault::arm(Site::pread, {.delay_ms = ms}, 0, 1); }
+    std::string path_;
+    int fd_ = -1;
+    phxfs_file_t fh_ = nullptr;
+};
+
+TEST_F(AsyncFaults, FutureWaitTimesOutWhileTheRequestRuns) {
+    delay_next_pread(300);
+    auto buf = host_buffer(4096);
+    phxfs_future_t f = nullptr;
+    ASSERT_EQ(phxfs_file_read_async(fh_, buf.get(), 0, 4096, 0, &f), 0);
+    errno = 0;
+    EXPECT_EQ(phxfs_future_wait(f, 10'000'000), -1);
+    EXPECT_EQ(errno, ETIMEDOUT);
+    EXPECT_EQ(phxfs_future_poll(f), 0);
+    EXPECT_EQ(phxfs_future_wait(f, -1), 4096) << phxfs_last_error();
+    EXPECT_EQ(first_mismatch(buf.get(), 4096, 0), 4096u);
+    phxfs_future_free(f);
+}
+
+// The caller may close the fd once phxfs_file_close returns: the requests
+// using the handle have completed by then.
+TEST_F(AsyncFaults, CloseWaitsForRunningRequests) {
+    delay_next_pread(300);
+    auto buf = host_buffer(4096);
+    phxfs_future_t f = nullptr;
+    ASSERT_EQ(phxfs_file_read_async(fh_, buf.get(), 0, 4096, 0, &f), 0);
+    for (auto t0 = Clock::now(); fault::hits(Site::pread) == 0 && Clock::now() - t0 < 5s;)
+        std::this_thread::sleep_for(1ms); // until the request is in pread
+    ASSERT_EQ(fault::hits(Site::pread), 1u);
+    ASSERT_EQ(phxfs_file_close(fh_), 0);
+    fh_ = nullptr;
+    EXPECT_EQ(phxfs_future_poll(f), 1) << "close returned before the request completed";
+    EXPECT_EQ(phxfs_future_wait(f, 0), 4096) << phxfs_last_error();
+    phxfs_future_free(f);
+}
+
+// Cancel takes what has not started; the started request completes whole.
+TEST_F(AsyncFaults, CancelLeavesTheStartedRequestAlone) {
+    delay_next_pread(300);
+    auto buf = host_buffer(10 * 4096);
+    std::vector<phxfs_io> ios;
+    for (uintptr_t i = 0; i < 10; ++i)
+        ios.push_back({fh_, PHXFS_OP_READ, 0, buf.get(), i * 4096, 4096, i * 4096,
+                       reinterpret_cast<void *>(i)});
+    phxfs::Batch b(10);
+    b.submit(ios.data(), 10);
+    for (auto t0 = Clock::now(); fault::hits(Site::pread) == 0 && Clock::now() - t0 < 5s;)
+        std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(b.cancel(), 9u);
+    phxfs_completion cs[10];
+    ASSERT_EQ(b.reap(cs, 10, 10, 10s), 10u);
+    unsigned done = 0, canceled = 0;
+    for (const phxfs_completion &c : cs) {
+        if (c.status == PHXFS_IO_DONE) {
+            ++done;
+            EXPECT_EQ(c.result, 4096);
+            EXPECT_EQ(c.user_data, nullptr) << "the first request is the one that started";
+            EXPECT_EQ(first_mismatch(buf.get(), 4096, 0), 4096u);
+        } else {
+            ++canceled;
+            EXPECT_EQ(c.status, PHXFS_IO_CANCELED);
+            EXPECT_EQ(c.result, -ECANCELED);
+        }
+    }
+    EXPECT_EQ(done, 1u);
+    EXPECT_EQ(canceled, 9u);
+}
+
+// Destroying a batch cancels what waits and returns once the running
+// request is done: the handle then closes at once.
+TEST_F(AsyncFaults, DestroyWaitsForTheRunningRequest) {
+    delay_next_pread(300);
+    auto buf = host_buffer(4 * 4096);
+    phxfs_batch_t b = nullptr;
+    ASSERT_EQ(phxfs_batch_create(&b, 4), 0);
+    for (uint64_t i = 0; i < 4; ++i) {
+        phxfs_io io{fh_, PHXFS_OP_READ, 0, buf.get(), i * 4096, 4096, 0, nullptr};
+        ASSERT_EQ(phxfs_batch_submit(b, &io, 1), 1);
+    }
+    for (auto t0 = Clock::now(); fault::hits(Site::pread) == 0 && Clock::now() - t0 < 5s;)
+        std::this_thread::sleep_for(1ms);
+    const auto t0 = Clock::now();
+    ASSERT_EQ(phxfs_batch_destroy(b), 0);
+    EXPECT_GE(Clock::now() - t0, 100ms) << "destroy did not wait for the running request";
+    EXPECT_EQ(first_mismatch(buf.get(), 4096, 0), 4096u);
+    const auto t1 = Clock::now();
+    ASSERT_EQ(phxfs_file_close(fh_), 0);
+    fh_ = nullptr;
+    EXPECT_LT(Clock::now() - t1, 100ms);
+}
+
+} // namespace
