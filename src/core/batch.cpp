@@ -118,39 +118,27 @@ unsigned Batch::cancel() {
 
 namespace {
 
-// Runs one request on whichever thread takes it; its result, status and
-// error go into the slot's fields.
-void run_one(const phxfs_io &io, FileHandle::Use &handle, int64_t &result, uint32_t &status,
-             char *error, size_t error_len) {
-    try {
-        if (io.op != PHXFS_OP_READ && io.op != PHXFS_OP_WRITE)
-            fail(EINVAL, "op " + std::to_string(io.op) + " is neither read nor write");
-        if (io.reserved)
-            fail(EINVAL, "reserved is not 0");
-        check_io_range(io.buf_offset, io.nbyte, io.f_offset);
-        handle = handles().use(reinterpret_cast<uintptr_t>(io.fh));
-        const char *buf = static_cast<const char *>(io.buf);
-        if (buf && reinterpret_cast<uintptr_t>(buf) + io.buf_offset < io.buf_offset)
-            fail(EINVAL, "buffer range overflows");
-        const size_t got = device(handle->device_id())
-                               .io(io.op == PHXFS_OP_WRITE, handle->file(), buf + io.buf_offset,
-                                   io.nbyte, io.f_offset);
-        result = static_cast<int64_t>(got);
-        status = PHXFS_IO_DONE;
-    } catch (...) {
-        const Failure f = current_failure();
-        result = -f.err;
-        status = PHXFS_IO_FAILED;
-        std::snprintf(error, error_len, "%s", f.message.c_str());
-    }
+// What a request asks for, checked; throws what makes it fail alone.
+void check_request(const phxfs_io &io) {
+    if (io.op != PHXFS_OP_READ && io.op != PHXFS_OP_WRITE)
+        fail(EINVAL, "op " + std::to_string(io.op) + " is neither read nor write");
+    if (io.reserved)
+        fail(EINVAL, "reserved is not 0");
+    check_io_range(io.buf_offset, io.nbyte, io.f_offset);
+    if (io.buf && reinterpret_cast<uintptr_t>(io.buf) + io.buf_offset < io.buf_offset)
+        fail(EINVAL, "buffer range overflows");
 }
+
+// The most requests one participant takes at once: enough that their copies
+// go to the device as one group, few enough that every participant has some.
+constexpr unsigned kMaxGroup = 256;
 
 } // namespace
 
 // The executor wakes when requests are pending and runs them on up to
-// `threads` participants (itself and pool workers). Each takes the oldest
-// pending request, runs it and completes it, until none is pending: a slow
-// request holds up no other, and what has not started stays cancelable.
+// `threads` participants (itself and pool workers). Each takes a group of
+// the oldest pending requests, runs it and completes its requests, until
+// none is pending: what has not started stays cancelable.
 void Batch::executor() {
     std::unique_lock lock(m_);
     for (;;) {
@@ -159,22 +147,86 @@ void Batch::executor() {
             return; // stopping, nothing left
         const unsigned width = std::min(std::max(config().threads, 1u), pending_.size());
         lock.unlock();
-        run_parallel(width, [this] { participate(); });
+        run_parallel(width, [this, width] { participate(width); });
         lock.lock();
     }
 }
 
-void Batch::participate() {
+void Batch::participate(unsigned width) {
+    // Per thread, so that a warm participant allocates nothing.
+    thread_local std::vector<uint32_t> taken;
+    thread_local std::vector<GroupRequest> group;
     std::unique_lock lock(m_);
     while (!pending_.empty()) {
-        const uint32_t s = pending_.pop();
-        Slot &slot = slots_[s];
+        // A group of small requests, or one large one (it has the lanes to
+        // itself, and what waits behind it stays cancelable).
+        const unsigned want = std::clamp(pending_.size() / width, 1u, kMaxGroup);
+        const size_t small = CompatEngine::lane_bytes(config());
+        taken.clear();
+        while (taken.size() < want && !pending_.empty()) {
+            const bool large = slots_[pending_.front()].io.nbyte > small;
+            if (large && !taken.empty())
+                break;
+            taken.push_back(pending_.pop());
+            if (large)
+                break;
+        }
         lock.unlock();
-        run_one(slot.io, slot.handle, slot.result, slot.status, slot.error, sizeof slot.error);
+        group.clear();
+        for (uint32_t s : taken) {
+            Slot &slot = slots_[s];
+            GroupRequest &g = group.emplace_back();
+            try {
+                check_request(slot.io);
+                slot.handle = handles().use(reinterpret_cast<uintptr_t>(slot.io.fh));
+                g.write = slot.io.op == PHXFS_OP_WRITE;
+                g.file = &slot.handle->file();
+                g.buf = static_cast<char *>(slot.io.buf) + slot.io.buf_offset;
+                g.n = slot.io.nbyte;
+                g.off = slot.io.f_offset;
+            } catch (...) {
+                g.error = std::current_exception();
+            }
+        }
+        // Runs of requests on one device go to it together.
+        for (size_t a = 0; a < group.size();) {
+            if (group[a].error) {
+                ++a;
+                continue;
+            }
+            const int dev = slots_[taken[a]].handle->device_id();
+            size_t b = a + 1;
+            while (b < group.size() && !group[b].error &&
+                   slots_[taken[b]].handle->device_id() == dev)
+                ++b;
+            device(dev).io_group(&group[a], b - a);
+            a = b;
+        }
+        for (size_t i = 0; i < taken.size(); ++i)
+            finish(slots_[taken[i]], group[i]);
+        group.clear(); // no registration stays in use
         lock.lock();
-        slot.handle = FileHandle::Use(); // closing the handle waits no more for this one
-        done_.push(s);
+        for (uint32_t s : taken) {
+            slots_[s].handle = FileHandle::Use(); // closing the handle waits no more for it
+            done_.push(s);
+        }
         done_cv_.notify_all();
+    }
+}
+
+void Batch::finish(Slot &slot, const GroupRequest &g) {
+    if (!g.error) {
+        slot.result = static_cast<int64_t>(g.got);
+        slot.status = PHXFS_IO_DONE;
+        return;
+    }
+    try {
+        std::rethrow_exception(g.error);
+    } catch (...) {
+        const Failure f = current_failure();
+        slot.result = -f.err;
+        slot.status = PHXFS_IO_FAILED;
+        std::snprintf(slot.error, sizeof slot.error, "%s", f.message.c_str());
     }
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "core/handle.hpp"
+#include "core/request.hpp"
 
 #include <phxfs/phxfs.h>
 
@@ -30,6 +31,7 @@ class SlotRing {
     bool empty() const { return n_ == 0; }
     unsigned size() const { return n_; }
     void push(uint32_t s) { v_[(head_ + n_++) % v_.size()] = s; }
+    uint32_t front() const { return v_[head_]; }
     uint32_t pop() {
         const uint32_t s = v_[head_];
         head_ = (head_ + 1) % v_.size();
@@ -69,9 +71,11 @@ class Batch {
     };
     void check_owner() const;
     void executor();
-    // One participant of the executor's run: takes pending requests one by
-    // one until none is left.
-    void participate();
+    // One participant of the executor's run (of width): takes groups of
+    // pending requests until none is left.
+    void participate(unsigned width);
+    // A slot's outcome from its request's.
+    static void finish(Slot &slot, const GroupRequest &g);
 
     const pid_t owner_; // a child of fork() has no executor
     std::mutex m_;

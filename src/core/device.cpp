@@ -286,6 +286,57 @@ size_t Device::io(bool write, int fd, File *file, const void *buf, size_t n, uin
     }
 }
 
+void Device::io_group(GroupRequest *reqs, size_t n) {
+    std::shared_ptr<Session> session;
+    {
+        std::lock_guard lock(m_);
+        try {
+            session = session_locked();
+        } catch (...) {
+            for (size_t i = 0; i < n; ++i)
+                reqs[i].error = std::current_exception();
+        }
+        for (size_t i = 0; session && i < n; ++i) {
+            GroupRequest &g = reqs[i];
+            const auto a = reinterpret_cast<uintptr_t>(g.buf);
+            if (auto it = regs_.upper_bound(a); it != regs_.begin() && !overflows(a, g.n)) {
+                const auto &r = std::prev(it)->second;
+                if (!r->dying && r->start <= a && a + g.n <= r->start + r->len)
+                    g.use = RegistrationUse(r);
+            }
+        }
+    }
+    for (size_t i = 0; session && i < n; ++i) {
+        GroupRequest &g = reqs[i];
+        try {
+            g.info = g.file->for_request(g.write);
+            if (g.n == 0) {
+                g.done = true;
+                continue;
+            }
+            if (overflows(reinterpret_cast<uintptr_t>(g.buf), g.n))
+                fail(EINVAL, "buffer range overflows");
+            g.where = resolve(*session, g.use.get(), g.buf, g.n);
+        } catch (...) {
+            g.error = std::current_exception();
+        }
+    }
+    if (session)
+        run_group(*session, stats_, id_, reqs, n);
+    for (size_t i = 0; i < n; ++i) {
+        GroupRequest &g = reqs[i];
+        g.use = RegistrationUse(); // deregmem waits for no finished request
+        if (!g.error)
+            continue;
+        try {
+            std::rethrow_exception(g.error);
+        } catch (const std::exception &e) {
+            failed(g.write, g.file->fd(), g.n, g.off, e);
+        } catch (...) {
+        }
+    }
+}
+
 void Device::failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e) {
     stats_.error();
     if (config().trace)

@@ -29,6 +29,8 @@
 
 namespace phxfs::core {
 
+struct GroupRequest;
+
 // What an open device owns.
 struct Session {
     std::unique_ptr<Backend> backend;
@@ -87,6 +89,10 @@ class Device {
     size_t io(bool write, File &file, const void *buf, size_t n, uint64_t off) {
         return io(write, file.fd(), &file, buf, n, off);
     }
+
+    // Many requests at once (a batch's group): each completes alone, in its
+    // GroupRequest (core/request.hpp).
+    void io_group(GroupRequest *reqs, size_t n);
 
     void info(phxfs_device_info &out) const;
     // What the module's node says of its pages (discovery; PHXFS_INFO_*).

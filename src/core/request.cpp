@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 namespace phxfs::core {
 
@@ -29,48 +30,94 @@ std::string refusal(const Error &e) {
 }
 
 // How a request divides: [ma, mb) by the direct path through dfd, the rest
-// through the compat engine, for the reason in `why`.
+// through the compat engine, for the reason `why` says. The reason's words
+// are put together only when someone reads them (the trace, an error), so a
+// request allocates nothing for them.
 struct Split {
-    uint64_t ma, mb;
+    enum class Why {
+        none,
+        compat_mode,
+        session,
+        no_dio,
+        no_block,
+        mem_align,
+        no_twin,
+        edges,
+        refused
+    };
+    uint64_t ma = 0, mb = 0;
     int dfd = -1;
-    std::string why;
+    Why why = Why::none;
+    uint64_t why_n = 0;  // the block or alignment the reason names
+    std::string refused; // Why::refused: the kernel's refusal
 };
+
+std::string why_text(const Split &sp, const Session &s, File &file) {
+    using Why = Split::Why;
+    const std::string n = std::to_string(sp.why_n);
+    switch (sp.why) {
+    case Why::none:
+        return "";
+    case Why::compat_mode:
+        return "compat mode";
+    case Why::session:
+        return s.why_not_direct.empty() ? "buffer is not registered with phxfs_regmem"
+                                        : s.why_not_direct;
+    case Why::no_dio:
+        return "the file system does no direct I/O on this file (statx)";
+    case Why::no_block:
+        return "no whole " + n + "-byte block (the file's direct-I/O unit)";
+    case Why::mem_align:
+        return "buffer address and file offset differ in alignment: the file's direct I/O needs "
+               "buffers aligned to " +
+               n + " bytes where its blocks start";
+    case Why::no_twin:
+        return "file refuses O_DIRECT: " + file.why_no_twin(true);
+    case Why::edges:
+        return "unaligned head or tail (the file's direct I/O takes offsets and lengths in " + n +
+               "-byte multiples)";
+    case Why::refused:
+        return sp.refused;
+    }
+    return "";
+}
 
 // The direct part: whole blocks of the file's direct-I/O alignment (for
 // writes at least whole pages: a direct write must not share a page with a
 // buffered one, which a block device does not serialise), at buffer
 // addresses the storage may DMA to.
-Split split(const Session &s, const Request &req, File &file, uint64_t end, phxfs_mode mode) {
+Split split(const Request &req, File &file, uint64_t end, phxfs_mode mode) {
+    using Why = Split::Why;
     const FileInfo &fi = req.info;
     const uint64_t off = req.off;
-    Split sp{off, off, -1, {}};
+    Split sp;
+    sp.ma = sp.mb = off;
     const uint64_t a =
         req.write ? std::max<uint64_t>(fi.dio_offset_align, kAlign) : fi.dio_offset_align;
     if (mode == PHXFS_MODE_COMPAT) {
-        sp.why = "compat mode";
+        sp.why = Why::compat_mode;
     } else if (!req.where.direct) {
-        sp.why = s.why_not_direct.empty() ? "buffer is not registered with phxfs_regmem"
-                                          : s.why_not_direct;
+        sp.why = Why::session;
     } else if (fi.dio_offset_align == 0) {
-        sp.why = "the file system does no direct I/O on this file (statx)";
+        sp.why = Why::no_dio;
     } else {
         const uint64_t ma = std::min(align_up(off, a), end);
         const uint64_t mb = std::max(align_down(end, a), ma);
         if (ma == mb) {
-            sp.why = "no whole " + std::to_string(a) + "-byte block (the file's direct-I/O unit)";
+            sp.why = Why::no_block;
+            sp.why_n = a;
         } else if (reinterpret_cast<uintptr_t>(req.where.direct + (ma - off)) % fi.dio_mem_align) {
-            sp.why = "buffer address and file offset differ in alignment: the file's direct I/O "
-                     "needs buffers aligned to " +
-                     std::to_string(fi.dio_mem_align) + " bytes where its blocks start";
+            sp.why = Why::mem_align;
+            sp.why_n = fi.dio_mem_align;
         } else if ((sp.dfd = file.fd_with(true)) < 0) {
-            sp.why = "file refuses O_DIRECT: " + file.why_no_twin(true);
+            sp.why = Why::no_twin;
         } else {
             sp.ma = ma;
             sp.mb = mb;
-            if (ma != off || mb != end)
-                sp.why = "unaligned head or tail (the file's direct I/O takes offsets and "
-                         "lengths in " +
-                         std::to_string(a) + "-byte multiples)";
+            if (ma != off || mb != end) {
+                sp.why = Why::edges;
+                sp.why_n = a;
+            }
         }
     }
     return sp;
@@ -100,6 +147,29 @@ void check_compat_reach(File &file, bool write, uint64_t off, uint64_t end, uint
                  (in_4k ? " (write whole 4 KiB blocks or pass an fd without O_DIRECT)" : ""));
 }
 
+// The path trace's line for a request that moved moved[path] bytes.
+void trace_request(const Request &req, const size_t moved[PHXFS_PATH_COUNT], const std::string &why,
+                   uint64_t t_start) {
+    std::string line = request_name(req.write, req.device_id, req.info.fd, req.n, req.off) + ":";
+    if (moved[PHXFS_PATH_DIRECT])
+        line += " direct " + std::to_string(moved[PHXFS_PATH_DIRECT]) + " B";
+    if (moved[PHXFS_PATH_COMPAT])
+        line += std::string(moved[PHXFS_PATH_DIRECT] ? "," : "") + " compat " +
+                std::to_string(moved[PHXFS_PATH_COMPAT]) + " B (" + why + ")";
+    if (!moved[PHXFS_PATH_DIRECT] && !moved[PHXFS_PATH_COMPAT])
+        line += " nothing (end of file)";
+    line += ", " + std::to_string((now_ns() - t_start) / 1000) + " us";
+    trace::write(line);
+}
+
+// Where a request of the file ends: at n bytes, or (reads) the file's end.
+uint64_t request_end(const Request &req) {
+    uint64_t end = req.off + req.n;
+    if (!req.write && req.info.size)
+        end = std::min<uint64_t>(end, std::max<uint64_t>(*req.info.size, req.off));
+    return end;
+}
+
 } // namespace
 
 void check_io_range(uint64_t buf_offset, uint64_t nbyte, uint64_t f_offset) {
@@ -125,14 +195,11 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
     const FileInfo &fi = req.info;
     const uint64_t t_start = now_ns();
 
-    uint64_t end = off + req.n;
-    if (!write && fi.size)
-        end = std::min<uint64_t>(end, std::max<uint64_t>(*fi.size, off));
-
-    Split sp = split(s, req, file, end, mode);
+    const uint64_t end = request_end(req);
+    Split sp = split(req, file, end, mode);
     const bool whole = sp.ma == off && sp.mb == end;
     if (mode == PHXFS_MODE_DIRECT && !whole)
-        fail(ENOTSUP, "direct mode: " + sp.why);
+        fail(ENOTSUP, "direct mode: " + why_text(sp, s, file));
     check_compat_reach(file, write, off, end, sp.ma, sp.mb);
     // Auto mode on a device the module serves, sending (part of) it to compat.
     bool fell_back = mode == PHXFS_MODE_AUTO && s.node && !whole;
@@ -182,7 +249,8 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
             if (!fell_back)
                 stats.fallback(); // one per request
             fell_back = true;
-            sp.why = refusal(e);
+            sp.why = Split::Why::refused;
+            sp.refused = refusal(e);
             check_compat_reach(file, write, seg.a, seg.b, seg.a, seg.a);
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);
@@ -195,19 +263,79 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
         if (got < len)
             break; // end of file
     }
-    if (cfg.trace) {
-        std::string line = request_name(write, req.device_id, fi.fd, req.n, off) + ":";
-        if (moved[PHXFS_PATH_DIRECT])
-            line += " direct " + std::to_string(moved[PHXFS_PATH_DIRECT]) + " B";
-        if (moved[PHXFS_PATH_COMPAT])
-            line += std::string(moved[PHXFS_PATH_DIRECT] ? "," : "") + " compat " +
-                    std::to_string(moved[PHXFS_PATH_COMPAT]) + " B (" + sp.why + ")";
-        if (!moved[PHXFS_PATH_DIRECT] && !moved[PHXFS_PATH_COMPAT])
-            line += " nothing (end of file)";
-        line += ", " + std::to_string((now_ns() - t_start) / 1000) + " us";
-        trace::write(line);
-    }
+    if (cfg.trace)
+        trace_request(req, moved, why_text(sp, s, file), t_start);
     return static_cast<size_t>(done_to - off);
+}
+
+void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n) {
+    const Config cfg = config();
+    const uint64_t t_start = now_ns();
+    // The pieces that go through staging together, reads and writes apart;
+    // kept per thread, so that a group allocates nothing once warm.
+    thread_local std::vector<CompatEngine::Piece> pieces[2];
+    thread_local std::vector<GroupRequest *> owners[2];
+    for (int w = 0; w < 2; ++w) {
+        pieces[w].clear();
+        owners[w].clear();
+    }
+    auto request = [&](GroupRequest &g) {
+        return Request{g.write, device_id, *g.file, g.info, g.where, g.n, g.off};
+    };
+    for (size_t i = 0; i < n; ++i) {
+        GroupRequest &g = reqs[i];
+        if (g.done || g.error)
+            continue;
+        try {
+            const Request req = request(g);
+            const uint64_t end = request_end(req);
+            const Split sp = split(req, *g.file, end, cfg.mode);
+            if (sp.ma != sp.mb || end == g.off || end - g.off > CompatEngine::lane_bytes(cfg)) {
+                g.got = run_request(s, stats, req); // a direct part, nothing, or large
+                g.done = true;
+                continue;
+            }
+            if (cfg.mode == PHXFS_MODE_DIRECT)
+                fail(ENOTSUP, "direct mode: " + why_text(sp, s, *g.file));
+            check_compat_reach(*g.file, g.write, g.off, end, g.off, g.off);
+            if (cfg.mode == PHXFS_MODE_AUTO && s.node)
+                stats.fallback();
+            pieces[g.write].push_back({g.file, g.where.buf, g.where.kind, end - g.off, g.off, 0, {}});
+            owners[g.write].push_back(&g);
+        } catch (...) {
+            g.error = std::current_exception();
+        }
+    }
+    for (int w = 0; w < 2; ++w) {
+        if (pieces[w].empty())
+            continue;
+        if (w)
+            s.compat->write_many(pieces[w].data(), pieces[w].size());
+        else
+            s.compat->read_many(pieces[w].data(), pieces[w].size());
+        // The group's time, shared out evenly: no piece has its own.
+        const uint64_t each = (now_ns() - t_start) / pieces[w].size();
+        for (size_t k = 0; k < pieces[w].size(); ++k) {
+            const CompatEngine::Piece &p = pieces[w][k];
+            GroupRequest &g = *owners[w][k];
+            if (p.error) {
+                g.error = p.error;
+                continue;
+            }
+            g.got = p.got;
+            g.done = true;
+            stats.add(PHXFS_PATH_COMPAT, g.write, p.got, each);
+            if (cfg.trace) {
+                const Request req = request(g);
+                const size_t moved[PHXFS_PATH_COUNT] = {0, p.got};
+                trace_request(req, moved,
+                              why_text(split(req, *g.file, request_end(req), cfg.mode), s, *g.file),
+                              t_start);
+            }
+        }
+        pieces[w].clear();
+        owners[w].clear();
+    }
 }
 
 } // namespace phxfs::core

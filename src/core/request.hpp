@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <string>
 
 namespace phxfs::core {
@@ -21,6 +22,29 @@ struct Request {
     size_t n = 0;         // bytes asked for, n > 0
     uint64_t off = 0;
 };
+
+// A request of a group (run_group, Device::io_group), and what became of it.
+struct GroupRequest {
+    bool write = false;
+    File *file = nullptr;
+    char *buf = nullptr; // the caller's pointer
+    size_t n = 0;
+    uint64_t off = 0;
+    // Filled in by Device::io_group:
+    RegistrationUse use; // the registration holding [buf, buf + n), if any
+    FileInfo info;
+    Resolved where;
+    // The outcome: decided (done, or error set) and the bytes moved.
+    bool done = false;
+    size_t got = 0;
+    std::exception_ptr error;
+};
+
+// Runs the requests of a group on session s: those that are small and go
+// all through staging share lanes and have their copies queued as groups
+// (CompatEngine::read_many, write_many); the others run as run_request runs
+// them. Each completes alone: got, or error.
+void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n);
 
 // Throws EINVAL when a request's file range overflows off_t or its length
 // a ssize_t result.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -301,6 +302,144 @@ void CompatEngine::write(File &file, const void *buf, MemKind kind, size_t n, ui
         }
     });
     job.rethrow();
+}
+
+// Where a piece sits in a lane's staging: at a 4 KiB boundary plus the
+// file offset's skew, as read_chunk and write_chunk lay a chunk out.
+namespace {
+
+struct Packer {
+    char *base;
+    size_t cap, used = 0;
+    // Staging for [off, off + n), or null when the lane is full.
+    char *take(uint64_t off, size_t n) {
+        const size_t need = align_up(off % kAlign + n, kAlign);
+        if (used + need > cap)
+            return nullptr;
+        char *p = base + used;
+        used += need;
+        return p;
+    }
+};
+
+} // namespace
+
+void CompatEngine::read_many(Piece *pieces, size_t n) {
+    const Config cfg = config();
+    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+    Stream &stream = *lease->stream;
+    std::vector<Stream::Copy> &copies = lease->copies;
+    for (size_t first = 0; first < n;) {
+        // File reads into staging until the lane is full, then one group of
+        // copies out of it.
+        Packer pack{lease->staging(0), 2 * lease->bytes};
+        copies.clear();
+        size_t last = first;
+        for (; last < n; ++last) {
+            Piece &p = pieces[last];
+            char *stg = pack.take(p.off, p.n);
+            if (!stg && last == first) { // too large for any lane: the caller's mistake
+                p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a lane"));
+                continue;
+            }
+            if (!stg)
+                break;
+            try {
+                p.got = read_chunk(*p.file, stg, p.off, p.off + p.n);
+            } catch (...) {
+                p.error = std::current_exception();
+                continue;
+            }
+            if (p.got == 0)
+                continue;
+            if (p.kind == MemKind::host)
+                std::memcpy(p.buf, stg + p.off % kAlign, p.got);
+            else
+                copies.push_back({p.buf, stg + p.off % kAlign, p.got});
+        }
+        try {
+            if (!copies.empty()) {
+                if (auto f = fault::at(fault::Site::copy))
+                    fail(f->err, "copy to the buffer (injected)");
+                stream.to_buffers(copies.data(), copies.size());
+                stream.wait();
+            }
+        } catch (...) {
+            const std::exception_ptr e = std::current_exception();
+            try {
+                stream.wait(); // the lane goes back idle
+            } catch (...) {
+            }
+            for (size_t i = first; i < last; ++i)
+                if (!pieces[i].error && pieces[i].kind != MemKind::host && pieces[i].got)
+                    pieces[i].error = e;
+        }
+        first = last;
+    }
+}
+
+void CompatEngine::write_many(Piece *pieces, size_t n) {
+    const Config cfg = config();
+    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+    Stream &stream = *lease->stream;
+    std::vector<Stream::Copy> &copies = lease->copies;
+    for (size_t first = 0; first < n;) {
+        // One group of copies into staging for a lane's worth, then the file
+        // writes out of it.
+        Packer pack{lease->staging(0), 2 * lease->bytes};
+        copies.clear();
+        std::vector<char *> &places = lease->places;
+        places.clear();
+        size_t last = first;
+        for (; last < n; ++last) {
+            Piece &p = pieces[last];
+            char *stg = pack.take(p.off, p.n);
+            if (!stg && last == first) {
+                p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a lane"));
+                places.push_back(nullptr);
+                continue;
+            }
+            if (!stg)
+                break;
+            places.push_back(stg);
+            if (p.kind == MemKind::host)
+                std::memcpy(stg + p.off % kAlign, p.buf, p.n);
+            else
+                copies.push_back({stg + p.off % kAlign, p.buf, p.n});
+        }
+        std::exception_ptr copy_error;
+        try {
+            if (!copies.empty()) {
+                if (auto f = fault::at(fault::Site::copy))
+                    fail(f->err, "copy from the buffer (injected)");
+                stream.to_stagings(copies.data(), copies.size());
+                stream.wait();
+            }
+        } catch (...) {
+            copy_error = std::current_exception();
+            try {
+                stream.wait();
+            } catch (...) {
+            }
+        }
+        for (size_t i = first; i < last; ++i) {
+            Piece &p = pieces[i];
+            const char *stg = places[i - first];
+            if (!stg)
+                continue; // failed above
+            if (copy_error && p.kind != MemKind::host) {
+                p.error = copy_error;
+                continue;
+            }
+            try {
+                write_chunk(*p.file, stg, p.off, p.off + p.n);
+                p.got = p.n;
+            } catch (...) {
+                p.error = std::current_exception();
+            }
+        }
+        first = last;
+    }
 }
 
 } // namespace phxfs::core

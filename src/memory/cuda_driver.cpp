@@ -40,6 +40,10 @@ void load() {
     }
     PHXFS_CUDA_FUNCS(PHXFS_CUDA_LOAD)
 #undef PHXFS_CUDA_LOAD
+#define PHXFS_CUDA_LOAD_OPTIONAL(name)                                                             \
+    loaded.name = reinterpret_cast<decltype(loaded.name)>(dlsym(h, PHXFS_STR(name)));
+    PHXFS_CUDA_OPTIONAL_FUNCS(PHXFS_CUDA_LOAD_OPTIONAL)
+#undef PHXFS_CUDA_LOAD_OPTIONAL
     if (CUresult r = loaded.cuInit(0); r != CUDA_SUCCESS) {
         const char *s = nullptr;
         loaded.cuGetErrorString(r, &s);

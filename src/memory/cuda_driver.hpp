@@ -35,9 +35,14 @@ namespace phxfs::core::cuda {
     X(cuMemcpyHtoDAsync)                                                                           \
     X(cuMemcpyDtoHAsync)
 
+// Calls that older drivers lack: null where the driver has none, and the
+// library does without (cuMemcpyBatchAsync: CUDA 12.8+).
+#define PHXFS_CUDA_OPTIONAL_FUNCS(X) X(cuMemcpyBatchAsync)
+
 struct Driver {
 #define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;
     PHXFS_CUDA_FUNCS(PHXFS_CUDA_MEMBER)
+    PHXFS_CUDA_OPTIONAL_FUNCS(PHXFS_CUDA_MEMBER)
 #undef PHXFS_CUDA_MEMBER
     int device_count = 0;
 };

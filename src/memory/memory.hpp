@@ -24,9 +24,26 @@ MemInfo classify(const void *p);
 // run asynchronously until wait().
 class Stream {
   public:
+    // One copy of a group.
+    struct Copy {
+        void *dst;
+        const void *src;
+        size_t n;
+    };
     virtual ~Stream() = default;
     virtual void to_buffer(void *dst, const void *staging, size_t n) = 0;
     virtual void to_staging(void *staging, const void *src, size_t n) = 0;
+    // Many copies in one direction, queued as few operations as the device
+    // allows (one, where its driver copies a batch); each as to_buffer or
+    // to_staging would do it.
+    virtual void to_buffers(const Copy *copies, size_t n) {
+        for (size_t i = 0; i < n; ++i)
+            to_buffer(copies[i].dst, copies[i].src, copies[i].n);
+    }
+    virtual void to_stagings(const Copy *copies, size_t n) {
+        for (size_t i = 0; i < n; ++i)
+            to_staging(copies[i].dst, copies[i].src, copies[i].n);
+    }
     virtual void wait() = 0;
 };
 

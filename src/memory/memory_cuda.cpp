@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <optional>
+#include <vector>
 
 namespace phxfs::core {
 
@@ -55,14 +56,52 @@ class CudaStream final : public Stream {
             drv().cuMemcpyDtoHAsync(staging, reinterpret_cast<CUdeviceptr>(src), n, stream_),
             "cuMemcpyDtoHAsync");
     }
+    void to_buffers(const Copy *copies, size_t n) override { batch(copies, n, true); }
+    void to_stagings(const Copy *copies, size_t n) override { batch(copies, n, false); }
     void wait() override {
         cuda::ContextScope scope(ctx_);
         cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
     }
 
   private:
+    // One cuMemcpyBatchAsync for the whole group where the driver has it
+    // (its copies are stream ordered, as the single ones are), else one
+    // async copy each; both under one context switch.
+    void batch(const Copy *copies, size_t n, bool to_device) {
+        cuda::ContextScope scope(ctx_);
+        if (n > 1 && drv().cuMemcpyBatchAsync) {
+            dsts_.resize(n);
+            srcs_.resize(n);
+            sizes_.resize(n);
+            for (size_t i = 0; i < n; ++i) {
+                dsts_[i] = reinterpret_cast<CUdeviceptr>(copies[i].dst);
+                srcs_[i] = reinterpret_cast<CUdeviceptr>(copies[i].src);
+                sizes_[i] = copies[i].n;
+            }
+            CUmemcpyAttributes attr{};
+            attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+            size_t attr_index = 0;
+            cuda::check(drv().cuMemcpyBatchAsync(dsts_.data(), srcs_.data(), sizes_.data(), n,
+                                                 &attr, &attr_index, 1, stream_),
+                        "cuMemcpyBatchAsync");
+            return;
+        }
+        for (size_t i = 0; i < n; ++i) {
+            const Copy &c = copies[i];
+            cuda::check(to_device ? drv().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(c.dst),
+                                                            c.src, c.n, stream_)
+                                  : drv().cuMemcpyDtoHAsync(
+                                        c.dst, reinterpret_cast<CUdeviceptr>(c.src), c.n, stream_),
+                        to_device ? "cuMemcpyHtoDAsync" : "cuMemcpyDtoHAsync");
+        }
+    }
+
     CUcontext ctx_;
     CUstream stream_ = nullptr;
+    // cuMemcpyBatchAsync's arrays, kept for the next group: a stream belongs
+    // to one lane, used by one thread at a time.
+    std::vector<CUdeviceptr> dsts_, srcs_;
+    std::vector<size_t> sizes_;
 };
 
 class CudaBackend final : public Backend {
