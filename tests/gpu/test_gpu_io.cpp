@@ -7,7 +7,10 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <phxfs/phxfs.hpp>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <thread>
 
@@ -451,3 +454,91 @@ TEST_F(GpuIo, ManagedMemoryFromOwnContext) {
 }
 
 } // namespace
+
+// #12: a batch of small reads into device memory goes through grouped
+// copies (cuMemcpyBatchAsync where the driver has it): every request's bytes
+// land where it asked, none elsewhere; then small writes out of it.
+TEST_F(GpuIo, BatchOfSmallRequestsIntoAndOutOfDeviceMemory) {
+    const std::string path = dir_.file("gpu-batch");
+    make_pattern_file(path, 64 << 20);
+    for (int odirect = 0; odirect < 2; ++odirect) {
+        const int fd = ::open(path.c_str(), O_RDWR | (odirect ? O_DIRECT : 0));
+        ASSERT_GE(fd, 0);
+        phxfs_file_t fh = nullptr;
+        ASSERT_EQ(phxfs_file_open(&fh, 0, fd), 0) << phxfs_last_error();
+        constexpr unsigned kReqs = 2048;
+        // Each request has a 32 KiB slot of the file to itself (a direct
+        // write must not share a page with another request's buffered one).
+        const size_t sizes[] = {512, 4096, 8192 + 100, 30000};
+        std::vector<phxfs_io> ios(kReqs);
+        std::vector<uint64_t> buf_off(kReqs);
+        uint64_t at = 0;
+        for (unsigned i = 0; i < kReqs; ++i) {
+            const size_t n = sizes[i % 4];
+            const uint64_t off = (uint64_t{i} * 7919 % kReqs) * 32768 + (i % 3) * 700;
+            buf_off[i] = at;
+            ios[i] = {
+                fh, PHXFS_OP_READ, 0, gpu_, at, n, off, reinterpret_cast<void *>(uintptr_t{i})};
+            at += n + 16; // a gap of 0xAA between requests
+        }
+        ASSERT_LE(at, kBuf);
+        CUDA_OK(cudaMemset(gpu_, 0xAA, at));
+        ASSERT_EQ(phxfs_reset_stats(0), 0);
+        phxfs::Batch b(kReqs);
+        b.submit(ios.data(), kReqs);
+        std::vector<phxfs_completion> cs(kReqs);
+        ASSERT_EQ(b.reap(cs.data(), kReqs, kReqs, std::chrono::seconds(60)), kReqs);
+        for (const phxfs_completion &c : cs)
+            ASSERT_EQ(c.status, PHXFS_IO_DONE) << c.error;
+        auto h = from_gpu(0, at);
+        for (unsigned i = 0; i < kReqs; ++i) {
+            const size_t n = ios[i].nbyte;
+            ASSERT_EQ(first_mismatch(h.data() + buf_off[i], n, ios[i].f_offset), n) << i;
+            for (unsigned g = 0; g < 16; ++g)
+                ASSERT_EQ(h[buf_off[i] + n + g], 0xAA) << "request " << i << " wrote past its end";
+        }
+        // The same requests as writes, each to where it came from, after the
+        // file was zeroed: it must read back as the pattern.
+        ASSERT_EQ(::ftruncate(fd, 0), 0);
+        ASSERT_EQ(::ftruncate(fd, 64 << 20), 0);
+        for (phxfs_io &io : ios)
+            io.op = PHXFS_OP_WRITE;
+        b.submit(ios.data(), kReqs);
+        ASSERT_EQ(b.reap(cs.data(), kReqs, kReqs, std::chrono::seconds(60)), kReqs);
+        for (const phxfs_completion &c : cs)
+            ASSERT_EQ(c.status, PHXFS_IO_DONE) << c.error;
+        const int rfd = ::open(path.c_str(), O_RDONLY);
+        std::vector<uint8_t> back(65536);
+        for (unsigned i = 0; i < kReqs; ++i) {
+            const size_t n = ios[i].nbyte;
+            ASSERT_EQ(::pread(rfd, back.data(), n, ios[i].f_offset), static_cast<ssize_t>(n));
+            ASSERT_EQ(first_mismatch(back.data(), n, ios[i].f_offset), n) << i;
+        }
+        ::close(rfd);
+        phxfs_stats st{};
+        st.size = sizeof st;
+        ASSERT_EQ(phxfs_get_stats(0, &st), 0);
+        EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_calls, kReqs);
+        EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].write_calls, kReqs);
+        ASSERT_EQ(phxfs_file_close(fh), 0);
+        ::close(fd);
+        make_pattern_file(path, 64 << 20);
+    }
+}
+
+// #12: futures into device memory, many in flight, with the caller's own
+// context current on its thread and left so.
+TEST_F(GpuIo, FuturesIntoDeviceMemory) {
+    const std::string path = dir_.file("gpu-futures");
+    make_pattern_file(path, 64 << 20);
+    phxfs::Device dev(0);
+    phxfs::File f(path, O_RDONLY, dev);
+    std::vector<phxfs::Future> fs;
+    for (size_t i = 0; i < 64; ++i)
+        fs.push_back(
+            f.pread(gpu_, 1 << 20, static_cast<off_t>(i << 20), static_cast<off_t>(i << 20)));
+    for (auto &fu : fs)
+        EXPECT_EQ(fu.get(), 1u << 20);
+    auto h = from_gpu(0, 64 << 20);
+    EXPECT_EQ(first_mismatch_fast(h.data(), 64 << 20, 0), 64u << 20);
+}

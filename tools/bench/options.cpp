@@ -198,6 +198,15 @@ Options parse_options(int argc, char **argv) {
         ->check(CLI::IsMember({"pageable", "pinned"}))
         ->capture_default_str();
     app.add_flag("--keep", o.keep, "keep a file this run created (default: remove it)");
+    auto *batch = app.add_option("--batch", o.batch,
+                                 "each thread submits N requests at once as a phxfs batch and "
+                                 "reaps them (libphxfs paths)")
+                      ->check(CLI::Range(1u, 65536u));
+    auto *qd = app.add_option("--qd", o.qd,
+                              "each thread keeps N futures in flight (phxfs_file_read_async; "
+                              "libphxfs paths)")
+                   ->check(CLI::Range(1u, 65536u));
+    batch->excludes(qd);
     try {
         app.parse(argc, argv);
         const auto lower = [](std::string v) {
@@ -219,6 +228,9 @@ Options parse_options(int argc, char **argv) {
         for (uint64_t s : o.io_sizes)
             if (s == 0)
                 throw std::invalid_argument("io size must be > 0");
+        if ((o.batch || o.qd) && (o.path == PathType::naive || o.path == PathType::cufile))
+            throw std::invalid_argument("--batch and --qd run libphxfs's batches and futures: "
+                                        "-x phxfs, compat or direct");
     } catch (const CLI::ParseError &e) {
         std::exit(app.exit(e) == 0 ? 0 : 1);
     } catch (const std::invalid_argument &e) {

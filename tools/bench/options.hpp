@@ -28,6 +28,10 @@ struct Options {
     bool json = false;
     bool keep = false;
     bool bounce_pinned = false; // naive: bounce through pinned memory (default pageable)
+    // Many requests in flight per thread (libphxfs paths): batches of `batch`
+    // requests submitted and reaped together, or `qd` futures kept in flight.
+    unsigned batch = 0;
+    unsigned qd = 0;
 };
 
 // Parses argv; prints help or the error and exits (0 for --help, 1 for

@@ -239,6 +239,129 @@ class Requests {
     std::optional<uint64_t> budget_;
 };
 
+// A request's bytes against the pattern (reads with --verify).
+void check_read(Shared &s, const IoBuffer &buf, HostBuffer &scratch, uint64_t at, uint64_t len,
+                uint64_t off) {
+    const uint8_t *host = static_cast<const uint8_t *>(buf.data()) + at;
+    if (buf.on_gpu()) {
+        buf.to_host(scratch.get(), at, len);
+        host = scratch.get();
+    }
+    if (const size_t mm = first_mismatch(host, len, off); mm < len) {
+        char d[160];
+        std::snprintf(d, sizeof d, "request at %llu (+%zu): got 0x%02x, the pattern has 0x%02x",
+                      static_cast<unsigned long long>(off), mm, host[mm], pattern_byte(off + mm));
+        s.mismatch_at(off + mm, d);
+    }
+}
+
+// --batch N and --qd N: many requests of one thread in flight at once, each
+// in its own io_size part of the buffer; a request's latency runs from its
+// submission to the moment the thread sees it complete.
+void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBuffer &scratch) {
+    const Options &o = s.o;
+    const bool write = is_write(o.io);
+    const unsigned depth = std::max(o.batch, o.qd);
+    Requests req(s, t);
+    phxfs::Device dev(o.device);
+    phxfs::File file(s.fd, dev);
+    struct InFlight {
+        uint64_t off = 0, len = 0;
+        Clock::time_point t0;
+    };
+    std::vector<InFlight> slot(depth);
+    auto done = [&](unsigned k, int64_t result, const char *error) {
+        const InFlight &f = slot[k];
+        if (result != static_cast<int64_t>(f.len))
+            throw std::runtime_error(std::string(write ? "write" : "read") + " of " +
+                                     std::to_string(f.len) + " bytes at " + std::to_string(f.off) +
+                                     ": " + (result < 0 ? error : "short"));
+        const auto ns = static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count());
+        r.latency_ns.push_back(ns);
+        r.io_ns += ns;
+        r.bytes += f.len;
+        s.progress.fetch_add(f.len, std::memory_order_relaxed);
+        if (!write && o.verify)
+            check_read(s, buf, scratch, uint64_t{k} * s.io_size, f.len, f.off);
+    };
+    // --verify writes: the bytes a request must write, put in place untimed.
+    auto fill = [&](unsigned k) {
+        if (!write || !o.verify)
+            return;
+        fill_pattern(scratch.get(), slot[k].len, slot[k].off);
+        buf.from_host(scratch.get(), uint64_t{k} * s.io_size, slot[k].len);
+        r.written.emplace_back(slot[k].off, slot[k].len);
+    };
+    auto past_deadline = [&] {
+        return s.deadline != Clock::time_point::max() && Clock::now() >= s.deadline;
+    };
+    if (o.batch) {
+        phxfs::Batch b(depth);
+        std::vector<phxfs_io> ios(depth);
+        std::vector<phxfs_completion> cs(depth);
+        while (!s.stop && !past_deadline()) {
+            unsigned n = 0;
+            for (; n < depth && req.next(slot[n].off, slot[n].len); ++n)
+                ios[n] = {file.handle(),
+                          write ? PHXFS_OP_WRITE : PHXFS_OP_READ,
+                          0,
+                          buf.data(),
+                          n * s.io_size,
+                          slot[n].len,
+                          slot[n].off,
+                          reinterpret_cast<void *>(uintptr_t{n})};
+            if (n == 0)
+                break;
+            for (unsigned k = 0; k < n; ++k)
+                fill(k);
+            const auto t0 = Clock::now();
+            for (unsigned k = 0; k < n; ++k)
+                slot[k].t0 = t0;
+            b.submit(ios.data(), n);
+            for (unsigned got = 0; got < n;) {
+                const unsigned m = b.reap(cs.data(), 1, n - got);
+                for (unsigned j = 0; j < m; ++j)
+                    done(static_cast<unsigned>(reinterpret_cast<uintptr_t>(cs[j].user_data)),
+                         cs[j].result, cs[j].error);
+                got += m;
+            }
+        }
+        return;
+    }
+    // --qd: a ring of futures, the oldest waited for first.
+    std::vector<phxfs::Future> fs(depth);
+    unsigned head = 0, inflight = 0;
+    bool more = true;
+    while (!s.stop && (inflight || more)) {
+        while (more && inflight < depth && !past_deadline()) {
+            const unsigned k = (head + inflight) % depth;
+            if (!(more = req.next(slot[k].off, slot[k].len)))
+                break;
+            fill(k);
+            slot[k].t0 = Clock::now();
+            char *p = static_cast<char *>(buf.data()) + uint64_t{k} * s.io_size;
+            fs[k] = write ? file.pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
+                          : file.pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
+            ++inflight;
+        }
+        if (!inflight)
+            break;
+        int64_t result = -1;
+        std::string error;
+        try {
+            result = static_cast<int64_t>(fs[head].get());
+        } catch (const phxfs::Error &e) {
+            error = e.what();
+        }
+        done(head, result, error.c_str());
+        head = (head + 1) % depth;
+        --inflight;
+        if (past_deadline())
+            more = false;
+    }
+}
+
 void worker(Shared &s, unsigned t, ThreadResult &r) {
     const Options &o = s.o;
     const bool write = is_write(o.io);
@@ -251,7 +374,7 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     const phxcufile::Api *cf = cufile ? phxcufile::api() : nullptr;
     bool cf_registered = false;
     try {
-        buf.emplace(o.device, o.mem, s.io_size, !naive && !cufile);
+        buf.emplace(o.device, o.mem, s.io_size * std::max({o.batch, o.qd, 1u}), !naive && !cufile);
         if (!buf->why_unregistered().empty() && t == 0) {
             std::lock_guard lock(s.m);
             s.note = "buffers not registered: " + buf->why_unregistered();
@@ -297,6 +420,14 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     if (s.stop)
         return;
 
+    if (o.batch || o.qd) {
+        try {
+            queued_worker(s, t, r, *buf, scratch);
+        } catch (const std::exception &e) {
+            s.fail(e.what());
+        }
+        return;
+    }
     Requests req(s, t);
     const phxfs_fileid_t fid{s.fd, o.device};
     uint64_t off = 0, len = 0;
@@ -352,20 +483,8 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
             s.progress.fetch_add(len, std::memory_order_relaxed);
             if (write && o.verify)
                 r.written.emplace_back(off, len);
-            if (!write && o.verify) { // every byte moved, against the pattern
-                const uint8_t *host = static_cast<const uint8_t *>(buf->data());
-                if (buf->on_gpu()) {
-                    buf->to_host(scratch.get(), 0, len);
-                    host = scratch.get();
-                }
-                if (const size_t mm = first_mismatch(host, len, off); mm < len) {
-                    char d[160];
-                    std::snprintf(
-                        d, sizeof d, "request at %llu (+%zu): got 0x%02x, the pattern has 0x%02x",
-                        static_cast<unsigned long long>(off), mm, host[mm], pattern_byte(off + mm));
-                    s.mismatch_at(off + mm, d);
-                }
-            }
+            if (!write && o.verify) // every byte moved, against the pattern
+                check_read(s, *buf, scratch, 0, len, off);
             if (s.deadline != Clock::time_point::max() && t1 >= s.deadline)
                 break;
         }
