@@ -52,7 +52,7 @@ int file_io_async(bool write, phxfs_file_t fh, const void *buf, off_t buf_offset
         fail(EINVAL, "future is NULL");
     const char *p = at(buf, buf_offset, nbyte, f_offset);
     auto f = std::make_unique<phxfs_future>();
-    f->op = submit_async(handles().use(key(fh)), write, p, nbyte, static_cast<uint64_t>(f_offset));
+    f->op = submit_async(key(fh), write, p, nbyte, static_cast<uint64_t>(f_offset));
     *future = f.release();
     return 0;
 }

@@ -26,11 +26,12 @@ class AsyncOp {
     int err() const { return err_; }
     const std::string &message() const { return message_; }
 
-  private:
-    friend std::shared_ptr<AsyncOp> submit_async(FileHandle::Use, bool, const void *, size_t,
-                                                 uint64_t);
+    // Completes the request (the futures batch calls it).
     void finish(ssize_t result, int err, std::string message);
+    // The request's own reference, while it runs.
+    std::shared_ptr<AsyncOp> self_;
 
+  private:
     mutable std::mutex m_;
     mutable std::condition_variable cv_;
     bool done_ = false;
@@ -40,8 +41,12 @@ class AsyncOp {
 };
 
 // Starts a read (write = false) or write of n bytes between buf and the
-// handle's file at off; the request holds the handle until it completes.
-std::shared_ptr<AsyncOp> submit_async(FileHandle::Use handle, bool write, const void *buf, size_t n,
+// file of handle (a HandleTable key) at off. Throws EBADF for a handle that
+// is not open, EAGAIN when Batch::kMaxDepth futures are in flight.
+std::shared_ptr<AsyncOp> submit_async(uintptr_t handle, bool write, const void *buf, size_t n,
                                       uint64_t off);
+
+// In a child of fork(): futures start a batch of their own.
+void futures_after_fork_child();
 
 } // namespace phxfs::core

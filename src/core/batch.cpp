@@ -4,7 +4,6 @@
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/request.hpp"
-#include "engine/workers.hpp"
 
 #include <unistd.h>
 
@@ -16,7 +15,8 @@
 
 namespace phxfs::core {
 
-Batch::Batch(unsigned depth) : owner_(::getpid()), slots_(depth), pending_(depth), done_(depth) {
+Batch::Batch(unsigned depth, Notify notify)
+    : owner_(::getpid()), notify_(notify), slots_(depth), pending_(depth), done_(depth) {
     if (depth == 0 || depth > kMaxDepth)
         fail(EINVAL,
              "batch depth " + std::to_string(depth) + " is not in 1.." + std::to_string(kMaxDepth));
@@ -108,7 +108,9 @@ unsigned Batch::cancel() {
             const uint32_t s = pending_.pop();
             slots_[s].result = -ECANCELED;
             slots_[s].status = PHXFS_IO_CANCELED;
-            done_.push(s);
+            if (notify_)
+                notify_(slots_[s].io.user_data, -1, ECANCELED, "canceled before it started");
+            complete_locked(s);
         }
     }
     if (n)
@@ -129,41 +131,33 @@ void check_request(const phxfs_io &io) {
         fail(EINVAL, "buffer range overflows");
 }
 
-// The most requests one participant takes at once: enough that their copies
-// go to the device as one group, few enough that every participant has some.
-constexpr unsigned kMaxGroup = 256;
+// The most requests the executor takes at once: enough that their copies
+// go to the device as large groups, few enough that what waits behind them
+// stays cancelable.
+constexpr unsigned kMaxGroup = 1024;
 
 } // namespace
 
-// The executor wakes when requests are pending and runs them on up to
-// `threads` participants (itself and pool workers). Each takes a group of
-// the oldest pending requests, runs it and completes its requests, until
-// none is pending: what has not started stays cancelable.
+// The executor wakes when requests are pending and runs them in groups of
+// the oldest: the device runs a group's small requests together (their file
+// I/O on several threads, their copies as one batched copy), and each large
+// one with all its threads.
 void Batch::executor() {
+    // Kept for the next group, so that a warm executor allocates nothing.
+    std::vector<uint32_t> taken;
+    std::vector<GroupRequest> group;
+    taken.reserve(kMaxGroup);
+    group.reserve(kMaxGroup);
     std::unique_lock lock(m_);
     for (;;) {
         work_cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
         if (pending_.empty())
             return; // stopping, nothing left
-        const unsigned width = std::min(std::max(config().threads, 1u), pending_.size());
-        lock.unlock();
-        run_parallel(width, [this, width] { participate(width); });
-        lock.lock();
-    }
-}
-
-void Batch::participate(unsigned width) {
-    // Per thread, so that a warm participant allocates nothing.
-    thread_local std::vector<uint32_t> taken;
-    thread_local std::vector<GroupRequest> group;
-    std::unique_lock lock(m_);
-    while (!pending_.empty()) {
-        // A group of small requests, or one large one (it has the lanes to
-        // itself, and what waits behind it stays cancelable).
-        const unsigned want = std::clamp(pending_.size() / width, 1u, kMaxGroup);
-        const size_t small = CompatEngine::lane_bytes(config());
+        // A group of small requests, or one large one: a large request has
+        // every thread to itself, and what waits behind it stays cancelable.
+        const size_t small = CompatEngine::piece_bytes(config());
         taken.clear();
-        while (taken.size() < want && !pending_.empty()) {
+        while (taken.size() < kMaxGroup && !pending_.empty()) {
             const bool large = slots_[pending_.front()].io.nbyte > small;
             if (large && !taken.empty())
                 break;
@@ -172,52 +166,58 @@ void Batch::participate(unsigned width) {
                 break;
         }
         lock.unlock();
-        group.clear();
-        for (uint32_t s : taken) {
-            Slot &slot = slots_[s];
-            GroupRequest &g = group.emplace_back();
-            try {
-                check_request(slot.io);
-                slot.handle = handles().use(reinterpret_cast<uintptr_t>(slot.io.fh));
-                g.write = slot.io.op == PHXFS_OP_WRITE;
-                g.file = &slot.handle->file();
-                g.buf = static_cast<char *>(slot.io.buf) + slot.io.buf_offset;
-                g.n = slot.io.nbyte;
-                g.off = slot.io.f_offset;
-            } catch (...) {
-                g.error = std::current_exception();
-            }
-        }
-        // Runs of requests on one device go to it together.
-        for (size_t a = 0; a < group.size();) {
-            if (group[a].error) {
-                ++a;
-                continue;
-            }
-            const int dev = slots_[taken[a]].handle->device_id();
-            size_t b = a + 1;
-            while (b < group.size() && !group[b].error &&
-                   slots_[taken[b]].handle->device_id() == dev)
-                ++b;
-            device(dev).io_group(&group[a], b - a);
-            a = b;
-        }
-        for (size_t i = 0; i < taken.size(); ++i)
-            finish(slots_[taken[i]], group[i]);
-        group.clear(); // no registration stays in use
+        run(taken, group);
         lock.lock();
         for (uint32_t s : taken) {
             slots_[s].handle = FileHandle::Use(); // closing the handle waits no more for it
-            done_.push(s);
+            complete_locked(s);
         }
         done_cv_.notify_all();
     }
+}
+
+void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &group) {
+    group.clear();
+    for (uint32_t s : taken) {
+        Slot &slot = slots_[s];
+        GroupRequest &g = group.emplace_back();
+        try {
+            check_request(slot.io);
+            slot.handle = handles().use(reinterpret_cast<uintptr_t>(slot.io.fh));
+            g.write = slot.io.op == PHXFS_OP_WRITE;
+            g.file = &slot.handle->file();
+            g.base = static_cast<char *>(slot.io.buf);
+            g.buf = g.base + slot.io.buf_offset;
+            g.n = slot.io.nbyte;
+            g.off = slot.io.f_offset;
+        } catch (...) {
+            g.error = std::current_exception();
+        }
+    }
+    // Runs of requests on one device go to it together.
+    for (size_t a = 0; a < group.size();) {
+        if (group[a].error) {
+            ++a;
+            continue;
+        }
+        const int dev = slots_[taken[a]].handle->device_id();
+        size_t b = a + 1;
+        while (b < group.size() && !group[b].error && slots_[taken[b]].handle->device_id() == dev)
+            ++b;
+        device(dev).io_group(&group[a], b - a);
+        a = b;
+    }
+    for (size_t i = 0; i < taken.size(); ++i)
+        finish(slots_[taken[i]], group[i]);
+    group.clear(); // no registration stays in use
 }
 
 void Batch::finish(Slot &slot, const GroupRequest &g) {
     if (!g.error) {
         slot.result = static_cast<int64_t>(g.got);
         slot.status = PHXFS_IO_DONE;
+        if (notify_)
+            notify_(slot.io.user_data, slot.result, 0, {});
         return;
     }
     try {
@@ -227,7 +227,16 @@ void Batch::finish(Slot &slot, const GroupRequest &g) {
         slot.result = -f.err;
         slot.status = PHXFS_IO_FAILED;
         std::snprintf(slot.error, sizeof slot.error, "%s", f.message.c_str());
+        if (notify_)
+            notify_(slot.io.user_data, -1, f.err, f.message);
     }
+}
+
+void Batch::complete_locked(uint32_t s) {
+    if (notify_)
+        free_.push_back(s);
+    else
+        done_.push(s);
 }
 
 } // namespace phxfs::core

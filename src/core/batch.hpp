@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -48,7 +49,13 @@ class Batch {
   public:
     static constexpr unsigned kMaxDepth = 65536;
 
-    explicit Batch(unsigned depth);
+    // Where a request's outcome goes when there is no one to reap it
+    // (futures): called on the executor's thread, once per request, with the
+    // whole message; the request's place is free again when it returns.
+    using Notify = void (*)(void *user_data, int64_t result, int err, const std::string &message);
+
+    // A batch whose completions are reaped, or (notify) handed on.
+    explicit Batch(unsigned depth, Notify notify = nullptr);
     // Cancels what has not started and waits for the rest.
     ~Batch();
     Batch(const Batch &) = delete;
@@ -71,13 +78,15 @@ class Batch {
     };
     void check_owner() const;
     void executor();
-    // One participant of the executor's run (of width): takes groups of
-    // pending requests until none is left.
-    void participate(unsigned width);
+    // Runs the requests of slots `taken` (group: the executor's, reused).
+    void run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &group);
     // A slot's outcome from its request's.
-    static void finish(Slot &slot, const GroupRequest &g);
+    void finish(Slot &slot, const GroupRequest &g);
+    // After its outcome: reaped later, or handed on now and the slot free.
+    void complete_locked(uint32_t s);
 
     const pid_t owner_; // a child of fork() has no executor
+    const Notify notify_;
     std::mutex m_;
     std::condition_variable work_cv_, done_cv_;
     std::vector<Slot> slots_;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 namespace phxfs::core {
 
@@ -231,7 +232,8 @@ void Device::deregmem(const void *addr, size_t len) {
         regs_.erase(it);
 }
 
-Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n) const {
+Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n,
+                         const MemInfo *known) const {
     const auto a = reinterpret_cast<uintptr_t>(p);
     Resolved out;
     if (kind_ == PHXFS_DEVICE_PCIBAR) {
@@ -244,7 +246,7 @@ Resolved Device::resolve(Session &s, const Registration *reg, char *p, size_t n)
     }
     if (!p)
         fail(EFAULT, "NULL buffer");
-    out.kind = s.backend->check_range(p, n).kind; // classifies p once
+    out.kind = known ? known->kind : s.backend->check_range(p, n).kind; // classifies p once
     out.buf = p;
     if (reg && reg->mapping)
         out.direct = reg->target + (a - reg->start);
@@ -306,20 +308,58 @@ void Device::io_group(GroupRequest *reqs, size_t n) {
             }
         }
     }
+    // A batch's requests mostly share a file and a buffer (a base pointer at
+    // several offsets): the file is looked at once per run of requests on
+    // it, and a buffer's memory checked once for the span its requests use
+    // (each request alone only where that check fails, for its own error).
+    const File *info_of = nullptr;
     for (size_t i = 0; session && i < n; ++i) {
         GroupRequest &g = reqs[i];
         try {
-            g.info = g.file->for_request(g.write);
+            if (g.file == info_of && i > 0 && !reqs[i - 1].error && reqs[i - 1].write == g.write) {
+                g.info = reqs[i - 1].info;
+            } else {
+                g.info = g.file->for_request(g.write);
+                info_of = g.file;
+            }
             if (g.n == 0) {
                 g.done = true;
                 continue;
             }
             if (overflows(reinterpret_cast<uintptr_t>(g.buf), g.n))
                 fail(EINVAL, "buffer range overflows");
-            g.where = resolve(*session, g.use.get(), g.buf, g.n);
         } catch (...) {
             g.error = std::current_exception();
         }
+    }
+    for (size_t a = 0; session && a < n;) {
+        // [a, b): the run of requests on one base pointer, and their span.
+        size_t b = a;
+        uintptr_t lo = UINTPTR_MAX, hi = 0;
+        for (; b < n && reqs[b].base == reqs[a].base; ++b) {
+            if (reqs[b].done || reqs[b].error)
+                continue;
+            lo = std::min(lo, reinterpret_cast<uintptr_t>(reqs[b].buf));
+            hi = std::max(hi, reinterpret_cast<uintptr_t>(reqs[b].buf) + reqs[b].n);
+        }
+        std::optional<MemInfo> span;
+        if (kind_ != PHXFS_DEVICE_PCIBAR && lo < hi && b - a > 1) {
+            try {
+                span = session->backend->check_range(reinterpret_cast<const void *>(lo), hi - lo);
+            } catch (const Error &) { // some request is wrong: each checks itself
+            }
+        }
+        for (size_t i = a; i < b; ++i) {
+            GroupRequest &g = reqs[i];
+            if (g.done || g.error)
+                continue;
+            try {
+                g.where = resolve(*session, g.use.get(), g.buf, g.n, span ? &*span : nullptr);
+            } catch (...) {
+                g.error = std::current_exception();
+            }
+        }
+        a = b;
     }
     if (session)
         run_group(*session, stats_, id_, reqs, n);

@@ -111,7 +111,9 @@ class Device {
     // The open session, or throws EBADF; call with m_ held.
     const std::shared_ptr<Session> &session_locked() const;
     std::shared_ptr<Session> make_session();
-    Resolved resolve(Session &s, const Registration *reg, char *p, size_t n) const;
+    // Where [p, p + n) lives; known: what the memory is, when checked already.
+    Resolved resolve(Session &s, const Registration *reg, char *p, size_t n,
+                     const MemInfo *known = nullptr) const;
     size_t io(bool write, int fd, File *file, const void *buf, size_t n, uint64_t off);
     size_t transfer(bool write, File &file, char *p, size_t n, uint64_t off);
     void failed(bool write, int fd, size_t n, uint64_t off, const std::exception &e);

@@ -1,5 +1,6 @@
 #include "core/fork.hpp"
 
+#include "core/async.hpp"
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/handle.hpp"
@@ -24,6 +25,7 @@ void child_after_fork() {
     cuda_after_fork_child();
     devices_after_fork_child();
     handles_after_fork_child();
+    futures_after_fork_child();
 }
 
 } // namespace

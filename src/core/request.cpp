@@ -290,7 +290,7 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
             const Request req = request(g);
             const uint64_t end = request_end(req);
             const Split sp = split(req, *g.file, end, cfg.mode);
-            if (sp.ma != sp.mb || end == g.off || end - g.off > CompatEngine::lane_bytes(cfg)) {
+            if (sp.ma != sp.mb || end == g.off || end - g.off > CompatEngine::piece_bytes(cfg)) {
                 g.got = run_request(s, stats, req); // a direct part, nothing, or large
                 g.done = true;
                 continue;
@@ -300,7 +300,8 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
             check_compat_reach(*g.file, g.write, g.off, end, g.off, g.off);
             if (cfg.mode == PHXFS_MODE_AUTO && s.node)
                 stats.fallback();
-            pieces[g.write].push_back({g.file, g.where.buf, g.where.kind, end - g.off, g.off, 0, {}});
+            pieces[g.write].push_back(
+                {g.file, g.where.buf, g.where.kind, end - g.off, g.off, 0, {}});
             owners[g.write].push_back(&g);
         } catch (...) {
             g.error = std::current_exception();

@@ -27,7 +27,8 @@ struct Request {
 struct GroupRequest {
     bool write = false;
     File *file = nullptr;
-    char *buf = nullptr; // the caller's pointer
+    char *base = nullptr; // the caller's buffer pointer (requests may share it)
+    char *buf = nullptr;  // where this request's bytes are: base + its offset
     size_t n = 0;
     uint64_t off = 0;
     // Filled in by Device::io_group:

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace phxfs::core {
@@ -304,14 +305,14 @@ void CompatEngine::write(File &file, const void *buf, MemKind kind, size_t n, ui
     job.rethrow();
 }
 
-// Where a piece sits in a lane's staging: at a 4 KiB boundary plus the
-// file offset's skew, as read_chunk and write_chunk lay a chunk out.
 namespace {
 
+// Lays pieces out in one staging buffer: each at a 4 KiB boundary plus its
+// file offset's skew, as read_chunk and write_chunk lay a chunk out.
 struct Packer {
     char *base;
     size_t cap, used = 0;
-    // Staging for [off, off + n), or null when the lane is full.
+    // Staging for [off, off + n), or null when the buffer is full.
     char *take(uint64_t off, size_t n) {
         const size_t need = align_up(off % kAlign + n, kAlign);
         if (used + need > cap)
@@ -322,123 +323,181 @@ struct Packer {
     }
 };
 
+// How many threads the file I/O of `count` small pieces is worth: a pread
+// from the page cache takes about as long as waking a thread.
+unsigned fill_width(const Config &cfg, size_t count) {
+    return static_cast<unsigned>(std::min<size_t>(cfg.threads, count / 4 + 1));
+}
+
 } // namespace
 
-void CompatEngine::read_many(Piece *pieces, size_t n) {
-    const Config cfg = config();
-    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
-    Stream &stream = *lease->stream;
-    std::vector<Stream::Copy> &copies = lease->copies;
-    for (size_t first = 0; first < n;) {
-        // File reads into staging until the lane is full, then one group of
-        // copies out of it.
-        Packer pack{lease->staging(0), 2 * lease->bytes};
-        copies.clear();
-        size_t last = first;
-        for (; last < n; ++last) {
-            Piece &p = pieces[last];
-            char *stg = pack.take(p.off, p.n);
-            if (!stg && last == first) { // too large for any lane: the caller's mistake
-                p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a lane"));
-                continue;
-            }
-            if (!stg)
-                break;
-            try {
-                p.got = read_chunk(*p.file, stg, p.off, p.off + p.n);
-            } catch (...) {
-                p.error = std::current_exception();
-                continue;
-            }
-            if (p.got == 0)
-                continue;
-            if (p.kind == MemKind::host)
-                std::memcpy(p.buf, stg + p.off % kAlign, p.got);
-            else
-                copies.push_back({p.buf, stg + p.off % kAlign, p.got});
+// Pieces [first, last) of one staging buffer, and where each sits.
+struct CompatEngine::Half {
+    size_t first = 0, last = 0;
+};
+
+// Packs pieces from `first` into the lane's buffer `which`; returns the
+// half and fills lane.places[i] for its pieces (null: failed already).
+CompatEngine::Half CompatEngine::pack(Lane &lane, int which, Piece *pieces, size_t first,
+                                      size_t n) {
+    Packer pk{lane.staging(which), lane.bytes};
+    Half h{first, first};
+    for (; h.last < n; ++h.last) {
+        Piece &p = pieces[h.last];
+        char *stg = pk.take(p.off, p.n);
+        if (!stg && h.last == first) { // fits no buffer: the caller's mistake
+            p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
+            lane.places[h.last] = nullptr;
+            continue;
         }
-        try {
-            if (!copies.empty()) {
-                if (auto f = fault::at(fault::Site::copy))
-                    fail(f->err, "copy to the buffer (injected)");
-                stream.to_buffers(copies.data(), copies.size());
-                stream.wait();
-            }
-        } catch (...) {
-            const std::exception_ptr e = std::current_exception();
+        if (!stg)
+            break;
+        lane.places[h.last] = stg;
+    }
+    return h;
+}
+
+// Runs io(i) for the pieces of h on fill_width() threads; a piece's
+// exception is its own.
+template <typename Io>
+void CompatEngine::fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io) {
+    std::atomic<size_t> next{h.first};
+    run_parallel(fill_width(cfg, h.last - h.first), [&] {
+        for (size_t i; (i = next.fetch_add(1)) < h.last;) {
+            if (pieces[i].error)
+                continue;
             try {
-                stream.wait(); // the lane goes back idle
+                io(i);
             } catch (...) {
+                pieces[i].error = std::current_exception();
             }
-            for (size_t i = first; i < last; ++i)
-                if (!pieces[i].error && pieces[i].kind != MemKind::host && pieces[i].got)
-                    pieces[i].error = e;
         }
-        first = last;
+    });
+}
+
+// Queues the device copies of h's pieces as one group (host buffers are
+// copied on the spot); returns whether any was queued.
+bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Half &h, Piece *pieces,
+                                bool to_device) {
+    std::vector<Stream::Copy> &copies = lane.copies;
+    copies.clear();
+    for (size_t i = h.first; i < h.last; ++i) {
+        Piece &p = pieces[i];
+        if (p.error || !lane.places[i])
+            continue;
+        char *stg = lane.places[i] + p.off % kAlign;
+        const size_t n = to_device ? p.got : p.n;
+        if (n == 0)
+            continue;
+        if (p.kind == MemKind::host)
+            to_device ? std::memcpy(p.buf, stg, n) : std::memcpy(stg, p.buf, n);
+        else
+            copies.push_back(to_device ? Stream::Copy{p.buf, stg, n} : Stream::Copy{stg, p.buf, n});
+    }
+    if (copies.empty())
+        return false;
+    if (auto f = fault::at(fault::Site::copy))
+        fail(f->err, "copy between staging and the buffer (injected)");
+    if (to_device)
+        stream.to_buffers(copies.data(), copies.size());
+    else
+        stream.to_stagings(copies.data(), copies.size());
+    return true;
+}
+
+// Fails the pieces of h whose bytes went through the device copies with e,
+// once what was queued has finished (the lane goes back idle).
+void CompatEngine::fail_copies(Stream &stream, const Half &h, Piece *pieces, std::exception_ptr e) {
+    try {
+        stream.wait();
+    } catch (...) { // the first error is the one to report
+    }
+    for (size_t i = h.first; i < h.last; ++i)
+        if (!pieces[i].error && pieces[i].kind != MemKind::host)
+            pieces[i].error = e;
+}
+
+// Waits for the copies queued for h; a failure is that of every piece of h
+// whose bytes were in them.
+void CompatEngine::wait_copies(Stream &stream, const Half &h, Piece *pieces) {
+    try {
+        stream.wait();
+    } catch (...) {
+        fail_copies(stream, h, pieces, std::current_exception());
     }
 }
 
+// Reads: the pieces of one staging buffer are read from the file in
+// parallel while the other buffer's copies to the device run.
+void CompatEngine::read_many(Piece *pieces, size_t n) {
+    const Config cfg = config();
+    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+    Lane &lane = *lease;
+    Stream &stream = *lane.stream;
+    lane.places.assign(n, nullptr);
+    std::optional<Half> copying; // the half whose copies are queued
+    int cur = 0;
+    for (size_t next = 0; next < n || copying;) {
+        std::optional<Half> h;
+        if (next < n) {
+            h = pack(lane, cur, pieces, next, n);
+            fill(cfg, *h, pieces, [&](size_t i) {
+                Piece &p = pieces[i];
+                p.got = read_chunk(*p.file, lane.places[i], p.off, p.off + p.n);
+            });
+            next = h->last;
+        }
+        if (copying)
+            wait_copies(stream, *copying, pieces);
+        copying.reset();
+        if (h) {
+            try {
+                if (queue_copies(lane, stream, *h, pieces, true))
+                    copying = h;
+            } catch (...) {
+                fail_copies(stream, *h, pieces, std::current_exception());
+            }
+            cur ^= 1;
+        }
+    }
+}
+
+// Writes: one staging buffer's copies out of the device run while the
+// other buffer's pieces are written to the file in parallel.
 void CompatEngine::write_many(Piece *pieces, size_t n) {
     const Config cfg = config();
     LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
-    Stream &stream = *lease->stream;
-    std::vector<Stream::Copy> &copies = lease->copies;
-    for (size_t first = 0; first < n;) {
-        // One group of copies into staging for a lane's worth, then the file
-        // writes out of it.
-        Packer pack{lease->staging(0), 2 * lease->bytes};
-        copies.clear();
-        std::vector<char *> &places = lease->places;
-        places.clear();
-        size_t last = first;
-        for (; last < n; ++last) {
-            Piece &p = pieces[last];
-            char *stg = pack.take(p.off, p.n);
-            if (!stg && last == first) {
-                p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a lane"));
-                places.push_back(nullptr);
-                continue;
-            }
-            if (!stg)
-                break;
-            places.push_back(stg);
-            if (p.kind == MemKind::host)
-                std::memcpy(stg + p.off % kAlign, p.buf, p.n);
-            else
-                copies.push_back({stg + p.off % kAlign, p.buf, p.n});
-        }
-        std::exception_ptr copy_error;
+    Lane &lane = *lease;
+    Stream &stream = *lane.stream;
+    lane.places.assign(n, nullptr);
+    auto stage = [&](int which, size_t first) {
+        Half h = pack(lane, which, pieces, first, n);
         try {
-            if (!copies.empty()) {
-                if (auto f = fault::at(fault::Site::copy))
-                    fail(f->err, "copy from the buffer (injected)");
-                stream.to_stagings(copies.data(), copies.size());
-                stream.wait();
-            }
+            queue_copies(lane, stream, h, pieces, false);
         } catch (...) {
-            copy_error = std::current_exception();
-            try {
-                stream.wait();
-            } catch (...) {
-            }
+            fail_copies(stream, h, pieces, std::current_exception());
         }
-        for (size_t i = first; i < last; ++i) {
+        return h;
+    };
+    std::optional<Half> ready; // copied into staging, to be written
+    int cur = 0;
+    if (n) {
+        ready = stage(cur, 0);
+        wait_copies(stream, *ready, pieces);
+    }
+    while (ready) {
+        std::optional<Half> h;
+        if (ready->last < n)
+            h = stage(cur ^ 1, ready->last);
+        fill(cfg, *ready, pieces, [&](size_t i) {
             Piece &p = pieces[i];
-            const char *stg = places[i - first];
-            if (!stg)
-                continue; // failed above
-            if (copy_error && p.kind != MemKind::host) {
-                p.error = copy_error;
-                continue;
-            }
-            try {
-                write_chunk(*p.file, stg, p.off, p.off + p.n);
-                p.got = p.n;
-            } catch (...) {
-                p.error = std::current_exception();
-            }
-        }
-        first = last;
+            write_chunk(*p.file, lane.places[i], p.off, p.off + p.n);
+            p.got = p.n;
+        });
+        if (h)
+            wait_copies(stream, *h, pieces);
+        ready = h;
+        cur ^= 1;
     }
 }
 

@@ -36,20 +36,28 @@ class CompatEngine {
         size_t got = 0;           // bytes moved (a read: short only at end of file)
         std::exception_ptr error; // set when it failed
     };
-    // Many small requests of one device with one lane: their file I/O one
-    // after the other, their copies queued as one group and waited for once
-    // per lane's worth. Each piece succeeds or fails alone (a failed group
-    // copy fails the pieces in it). Pieces must fit a lane (lane_bytes()).
+    // Many small requests of one device with one lane, pipelined: the file
+    // I/O of one staging buffer's pieces in parallel while the other
+    // buffer's device copies run, queued as one group and waited for once.
+    // Each piece succeeds or fails alone (a failed group copy fails the
+    // pieces in it). Pieces must fit a staging buffer (piece_bytes()).
     void read_many(Piece *pieces, size_t n);
     void write_many(Piece *pieces, size_t n);
-    // The most one piece may take of a lane: the staging of both buffers,
-    // less the 4 KiB a piece may need for alignment.
-    static size_t lane_bytes(const Config &cfg) { return 2 * cfg.chunk_bytes - kAlign; }
+    // The most one piece may take: a staging buffer less the 4 KiB a piece
+    // may need for alignment.
+    static size_t piece_bytes(const Config &cfg) { return cfg.chunk_bytes - kAlign; }
 
     // Frees idle staging memory; staging_bytes is the budget from now on.
     void trim(size_t staging_bytes) { lanes_.trim(staging_bytes); }
 
   private:
+    struct Half;
+    Half pack(Lane &lane, int which, Piece *pieces, size_t first, size_t n);
+    template <typename Io> void fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io);
+    bool queue_copies(Lane &lane, Stream &stream, const Half &h, Piece *pieces, bool to_device);
+    void wait_copies(Stream &stream, const Half &h, Piece *pieces);
+    void fail_copies(Stream &stream, const Half &h, Piece *pieces, std::exception_ptr e);
+
     template <typename ChunkLoop>
     void run(const Config &cfg, unsigned max_width, size_t nchunks, size_t chunk_bytes,
              MemKind kind, ChunkLoop &&loop);

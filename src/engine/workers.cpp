@@ -107,12 +107,6 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
     body();
 }
 
-void run_async(std::function<void()> job, unsigned threads) {
-    auto task = std::make_shared<Task>();
-    task->body = std::move(job);
-    pool().post(task, 1, threads);
-}
-
 void workers_after_fork_child() {
     if (the_pool.load())
         the_pool = new Pool; // the old one is left as it is: its threads are gone

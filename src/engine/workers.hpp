@@ -12,11 +12,6 @@ namespace phxfs::core {
 // by body are the caller's to catch inside body.
 void run_parallel(unsigned width, const std::function<void()> &body);
 
-// Runs job on a pool worker, later; returns at once. The pool keeps at least
-// `threads` workers, so that that many jobs can run at once. job must catch
-// what it throws.
-void run_async(std::function<void()> job, unsigned threads);
-
 // In a child of fork(): a new, empty pool (see fork.cpp).
 void workers_after_fork_child();
 

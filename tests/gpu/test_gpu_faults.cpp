@@ -39,8 +39,9 @@ class GpuFaults : public GpuTest {
         if (gpu_)
             cudaFree(gpu_);
         GpuTest::TearDown();
-        if (opened_)
+        if (opened_) {
             EXPECT_EQ(staging(), 0u) << "the last close frees every lane";
+        }
     }
     uint64_t staging() {
         phxfs_stats st{};

@@ -171,3 +171,41 @@ TEST_F(Fork, TraceLockHeldAtForkDoesNotHangTheChild) {
 }
 
 } // namespace
+
+namespace {
+
+// Handles, futures and batches of the parent stay the parent's: in the
+// child its handles are unknown (EBADF), its batch refuses (EBADF, naming
+// the fork), and new handles and futures work once the device is reopened.
+TEST_F(Fork, HandlesFuturesAndBatchesAreTheParents) {
+    phxfs_file_t fh = nullptr;
+    ASSERT_EQ(phxfs_file_open(&fh, 0, fd_), 0);
+    auto buf = host_buffer(kFile);
+    phxfs_future_t f = nullptr;
+    ASSERT_EQ(phxfs_file_read_async(fh, buf.get(), 0, 4096, 0, &f), 0); // the futures' batch
+    ASSERT_EQ(phxfs_future_wait(f, -1), 4096);
+    phxfs_future_free(f);
+    phxfs_batch_t b = nullptr;
+    ASSERT_EQ(phxfs_batch_create(&b, 8), 0);
+    in_child([&] {
+        char small[16];
+        CHILD_CHECK(phxfs_file_read(fh, small, 0, sizeof small, 0) == -1 && errno == EBADF);
+        phxfs_completion c;
+        CHILD_CHECK(phxfs_batch_reap(b, &c, 0, 1, 0) == -1 && errno == EBADF);
+        CHILD_CHECK(std::strstr(phxfs_last_error(), "fork") != nullptr);
+        CHILD_CHECK(phxfs_open(0) == 0);
+        phxfs_file_t mine = nullptr;
+        CHILD_CHECK(phxfs_file_open(&mine, 0, fd_) == 0);
+        phxfs_future_t g = nullptr;
+        CHILD_CHECK(phxfs_file_read_async(mine, buf.get(), 0, kFile, 0, &g) == 0);
+        CHILD_CHECK(phxfs_future_wait(g, -1) == static_cast<ssize_t>(kFile));
+        phxfs_future_free(g);
+        CHILD_CHECK(first_mismatch_fast(buf.get(), kFile, 0) == kFile);
+        CHILD_CHECK(phxfs_file_close(mine) == 0);
+        return 0;
+    });
+    EXPECT_EQ(phxfs_batch_destroy(b), 0);
+    EXPECT_EQ(phxfs_file_close(fh), 0);
+}
+
+} // namespace
