@@ -293,6 +293,78 @@ int main(int argc, char **argv) {
             cf->cuFileBufDeregister(bufs[1]);
         }
     }
+    // Many small requests: what the copies of a group cost, one by one, as
+    // one batched copy, and as one copy of a packed buffer; beside N preads
+    // and a phxfs batch of N reads (issue #12's engine).
+    {
+        void *dev = nullptr;
+        if (cudaMalloc(&dev, 2 << 20) != cudaSuccess)
+            die("cudaMalloc");
+        const auto d0 = reinterpret_cast<CUdeviceptr>(dev);
+        phxfs_file_t fh = nullptr;
+        check_px(phxfs_file_open(&fh, 0, fd), "phxfs_file_open");
+        phxfs_batch_t batch = nullptr;
+        check_px(phxfs_batch_create(&batch, 256), "phxfs_batch_create");
+        std::vector<CUdeviceptr> dsts(256), srcs(256);
+        std::vector<size_t> lens(256, 4096);
+        std::vector<phxfs_io> ios(256);
+        std::vector<phxfs_completion> cs(256);
+        n = 4096;
+        for (int count : {16, 64, 256}) {
+            std::printf("| **%d x 4 KiB** | | |\n", count);
+            for (int i = 0; i < count; ++i) {
+                dsts[i] = d0 + static_cast<CUdeviceptr>(i) * 8192; // scattered
+                srcs[i] =
+                    reinterpret_cast<CUdeviceptr>(pinned) + static_cast<CUdeviceptr>(i) * 4096;
+            }
+            step("preads from the page cache into pinned memory, one thread", [&] {
+                for (int i = 0; i < count; ++i)
+                    if (pread(fd, static_cast<char *>(pinned) + i * 4096, 4096, next_off()) != 4096)
+                        die("pread");
+            });
+            step("cuMemcpyHtoDAsync each + one cuStreamSynchronize", [&] {
+                for (int i = 0; i < count; ++i)
+                    check_cu(
+                        cuMemcpyHtoDAsync(dsts[i], reinterpret_cast<void *>(srcs[i]), 4096, st),
+                        "cuMemcpyHtoDAsync");
+                check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
+            });
+            step("cuMemcpyBatchAsync + cuStreamSynchronize", [&] {
+                CUmemcpyAttributes attr{};
+                attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+                size_t idx = 0;
+                check_cu(cuMemcpyBatchAsync(dsts.data(), srcs.data(), lens.data(),
+                                            static_cast<size_t>(count), &attr, &idx, 1, st),
+                         "cuMemcpyBatchAsync");
+                check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
+            });
+            step("one packed copy of all + cuStreamSynchronize", [&] {
+                check_cu(cuMemcpyHtoDAsync(d0, pinned, static_cast<size_t>(count) * 4096, st),
+                         "cuMemcpyHtoDAsync");
+                check_cu(cuStreamSynchronize(st), "cuStreamSynchronize");
+            });
+            step("phxfs batch: submit, reap all (compat)", [&] {
+                for (int i = 0; i < count; ++i)
+                    ios[i] = {fh,
+                              PHXFS_OP_READ,
+                              0,
+                              dev,
+                              static_cast<uint64_t>(i) * 8192,
+                              4096,
+                              static_cast<uint64_t>(next_off()),
+                              nullptr};
+                check_px(phxfs_batch_submit(batch, ios.data(), count), "phxfs_batch_submit");
+                for (int got = 0; got < count;) {
+                    const int r = phxfs_batch_reap(batch, cs.data(), 1, count - got, -1);
+                    check_px(r, "phxfs_batch_reap");
+                    got += r;
+                }
+            });
+        }
+        check_px(phxfs_batch_destroy(batch), "phxfs_batch_destroy");
+        check_px(phxfs_file_close(fh), "phxfs_file_close");
+        cudaFree(dev);
+    }
     std::printf("| **parts of the call** | | |\n");
     step("fcntl(F_GETFL)", [&] { (void)fcntl(fd, F_GETFL); });
     step("fstat", [&] {

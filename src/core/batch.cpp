@@ -81,6 +81,14 @@ unsigned Batch::reap(phxfs_completion *out, unsigned min_nr, unsigned max_nr, in
         fail(EINVAL, "out is NULL");
     std::unique_lock lock(m_);
     auto enough = [&] { return done_.size() >= min_nr; };
+    // A reaper that would wait runs waiting requests itself, as the
+    // executor would: no thread has to wake for a submit-then-reap.
+    if (timeout_ns != 0) {
+        thread_local std::vector<uint32_t> taken;
+        thread_local std::vector<GroupRequest> group;
+        while (!enough() && !pending_.empty())
+            run_group_locked(lock, taken, group);
+    }
     if (timeout_ns < 0)
         done_cv_.wait(lock, enough);
     else if (timeout_ns > 0)
@@ -153,27 +161,32 @@ void Batch::executor() {
         work_cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
         if (pending_.empty())
             return; // stopping, nothing left
-        // A group of small requests, or one large one: a large request has
-        // every thread to itself, and what waits behind it stays cancelable.
-        const size_t small = CompatEngine::piece_bytes(config());
-        taken.clear();
-        while (taken.size() < kMaxGroup && !pending_.empty()) {
-            const bool large = slots_[pending_.front()].io.nbyte > small;
-            if (large && !taken.empty())
-                break;
-            taken.push_back(pending_.pop());
-            if (large)
-                break;
-        }
-        lock.unlock();
-        run(taken, group);
-        lock.lock();
-        for (uint32_t s : taken) {
-            slots_[s].handle = FileHandle::Use(); // closing the handle waits no more for it
-            complete_locked(s);
-        }
-        done_cv_.notify_all();
+        run_group_locked(lock, taken, group);
     }
+}
+
+void Batch::run_group_locked(std::unique_lock<std::mutex> &lock, std::vector<uint32_t> &taken,
+                             std::vector<GroupRequest> &group) {
+    // A group of small requests, or one large one: a large request has
+    // every thread to itself, and what waits behind it stays cancelable.
+    const size_t small = CompatEngine::piece_bytes(config());
+    taken.clear();
+    while (taken.size() < kMaxGroup && !pending_.empty()) {
+        const bool large = slots_[pending_.front()].io.nbyte > small;
+        if (large && !taken.empty())
+            break;
+        taken.push_back(pending_.pop());
+        if (large)
+            break;
+    }
+    lock.unlock();
+    run(taken, group);
+    lock.lock();
+    for (uint32_t s : taken) {
+        slots_[s].handle = FileHandle::Use(); // closing the handle waits no more for it
+        complete_locked(s);
+    }
+    done_cv_.notify_all();
 }
 
 void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &group) {

@@ -78,7 +78,11 @@ class Batch {
     };
     void check_owner() const;
     void executor();
-    // Runs the requests of slots `taken` (group: the executor's, reused).
+    // Takes a group of pending requests into taken, runs it without the
+    // lock (group: the caller's, reused) and completes it.
+    void run_group_locked(std::unique_lock<std::mutex> &lock, std::vector<uint32_t> &taken,
+                          std::vector<GroupRequest> &group);
+    // Runs the requests of slots `taken` (group: the caller's, reused).
     void run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &group);
     // A slot's outcome from its request's.
     void finish(Slot &slot, const GroupRequest &g);

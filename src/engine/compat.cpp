@@ -389,10 +389,22 @@ bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Half &h, Piece
         const size_t n = to_device ? p.got : p.n;
         if (n == 0)
             continue;
-        if (p.kind == MemKind::host)
+        if (p.kind == MemKind::host) {
             to_device ? std::memcpy(p.buf, stg, n) : std::memcpy(stg, p.buf, n);
-        else
-            copies.push_back(to_device ? Stream::Copy{p.buf, stg, n} : Stream::Copy{stg, p.buf, n});
+            continue;
+        }
+        const Stream::Copy c =
+            to_device ? Stream::Copy{p.buf, stg, n} : Stream::Copy{stg, p.buf, n};
+        // Pieces adjacent in staging and in the buffer go as one copy.
+        if (!copies.empty()) {
+            Stream::Copy &last = copies.back();
+            if (static_cast<char *>(last.dst) + last.n == c.dst &&
+                static_cast<const char *>(last.src) + last.n == c.src) {
+                last.n += c.n;
+                continue;
+            }
+        }
+        copies.push_back(c);
     }
     if (copies.empty())
         return false;

@@ -35,9 +35,17 @@ namespace phxfs::core::cuda {
     X(cuMemcpyHtoDAsync)                                                                           \
     X(cuMemcpyDtoHAsync)
 
-// Calls that older drivers lack: null where the driver has none, and the
-// library does without (cuMemcpyBatchAsync: CUDA 12.8+).
-#define PHXFS_CUDA_OPTIONAL_FUNCS(X) X(cuMemcpyBatchAsync)
+// Calls the library does without where a driver lacks them (older drivers:
+// cuMemcpyBatchAsync is CUDA 12.8+; the VM suite's stand-in driver: the
+// module calls, which only the scatter kernel needs).
+#define PHXFS_CUDA_OPTIONAL_FUNCS(X)                                                               \
+    X(cuMemcpyBatchAsync)                                                                          \
+    X(cuMemAlloc)                                                                                  \
+    X(cuMemFree)                                                                                   \
+    X(cuModuleLoadData)                                                                            \
+    X(cuModuleUnload)                                                                              \
+    X(cuModuleGetFunction)                                                                         \
+    X(cuLaunchKernel)
 
 struct Driver {
 #define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;

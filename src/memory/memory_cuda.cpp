@@ -3,10 +3,12 @@
 // copies are asynchronous on a stream of the GPU's primary context.
 #include "core/error.hpp"
 #include "memory/cuda_driver.hpp"
+#include "memory/cuda_scatter.hpp"
 #include "memory/memory.hpp"
 
 #include <cctype>
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -33,7 +35,7 @@ bool vmm_mapped(CUdeviceptr a) {
 
 class CudaStream final : public Stream {
   public:
-    explicit CudaStream(CUcontext ctx) : ctx_(ctx) {
+    CudaStream(CUcontext ctx, const ScatterKernel &scatter) : ctx_(ctx), scatter_(scatter) {
         cuda::ContextScope scope(ctx_);
         cuda::check(drv().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
     }
@@ -41,6 +43,8 @@ class CudaStream final : public Stream {
         try {
             cuda::ContextScope scope(ctx_);
             drv().cuStreamDestroy(stream_);
+            if (bounce_)
+                drv().cuMemFree(bounce_);
         } catch (const Error &) { // the context is gone, and the stream with it
         }
     }
@@ -64,11 +68,34 @@ class CudaStream final : public Stream {
     }
 
   private:
-    // One cuMemcpyBatchAsync for the whole group where the driver has it
-    // (its copies are stream ordered, as the single ones are), else one
-    // async copy each; both under one context switch.
+    // Device-to-host pieces up to this size go through the scatter kernel
+    // (which then writes pinned host memory over PCIe, one block a piece);
+    // larger ones through the copy engine, whose cost per copy is small
+    // beside theirs.
+    static constexpr size_t kScatterMax = 256 << 10;
+
+    // A group's copies in as few operations as the GPU allows, all in stream
+    // order. Into the device: the staging span holding the pieces in one
+    // copy to a device bounce buffer, then one scatter launch device to
+    // device. Out of it: small pieces in one scatter launch straight into
+    // pinned memory. What the kernel cannot reach, and everything without
+    // it: one cuMemcpyBatchAsync where the driver has it, else a copy each.
     void batch(const Copy *copies, size_t n, bool to_device) {
         cuda::ContextScope scope(ctx_);
+        if (n > 1 && scatter_.usable()) {
+            kernel_.clear();
+            other_.clear();
+            for (size_t i = 0; i < n; ++i) {
+                const Copy &c = copies[i];
+                const bool fits = to_device || c.n <= kScatterMax;
+                (fits && kernel_reaches(to_device ? c.dst : c.src) ? kernel_ : other_).push_back(c);
+            }
+            if (kernel_.size() > 1 && (!to_device || through_bounce())) {
+                scatter_.launch(stream_, kernel_.data(), kernel_.size(), descriptors_);
+                copies = other_.data();
+                n = other_.size();
+            }
+        }
         if (n > 1 && drv().cuMemcpyBatchAsync) {
             dsts_.resize(n);
             srcs_.resize(n);
@@ -96,10 +123,72 @@ class CudaStream final : public Stream {
         }
     }
 
+    // Copies the staging span of kernel_'s pieces to the bounce buffer in
+    // one operation and points their sources there; false where the span
+    // is too large for one (the pieces then go as they are).
+    bool through_bounce() {
+        uintptr_t lo = UINTPTR_MAX, hi = 0;
+        for (const Copy &c : kernel_) {
+            lo = std::min(lo, reinterpret_cast<uintptr_t>(c.src));
+            hi = std::max(hi, reinterpret_cast<uintptr_t>(c.src) + c.n);
+        }
+        if (hi - lo > kMaxBounce || !drv().cuMemAlloc || !drv().cuMemFree)
+            return false;
+        if (bounce_size_ < hi - lo) {
+            if (bounce_)
+                drv().cuMemFree(bounce_);
+            bounce_ = 0;
+            bounce_size_ = 0;
+            cuda::check(drv().cuMemAlloc(&bounce_, hi - lo), "cuMemAlloc (bounce buffer)");
+            bounce_size_ = hi - lo;
+        }
+        cuda::check(
+            drv().cuMemcpyHtoDAsync(bounce_, reinterpret_cast<const void *>(lo), hi - lo, stream_),
+            "cuMemcpyHtoDAsync");
+        for (Copy &c : kernel_)
+            c.src =
+                reinterpret_cast<const void *>(bounce_ + (reinterpret_cast<uintptr_t>(c.src) - lo));
+        return true;
+    }
+    static constexpr size_t kMaxBounce = 64 << 20;
+
+    // Whether a kernel of our context may touch the device memory at p:
+    // memory of our context, managed memory, and memory of the virtual
+    // memory API (check_range made sure it is mapped for this GPU) are; a
+    // cudaMalloc allocation of another context on this GPU is not (copies
+    // reach it, kernels would fault). Asked once per allocation.
+    bool kernel_reaches(const void *p) {
+        const auto a = reinterpret_cast<CUdeviceptr>(p);
+        if (a >= reach_lo_ && a < reach_hi_)
+            return reach_ok_;
+        CUcontext owner = nullptr;
+        unsigned managed = 0;
+        CUdeviceptr start = 0;
+        size_t size = 0;
+        CUpointer_attribute attrs[] = {
+            CU_POINTER_ATTRIBUTE_CONTEXT, CU_POINTER_ATTRIBUTE_IS_MANAGED,
+            CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+        void *data[] = {&owner, &managed, &start, &size};
+        if (drv().cuPointerGetAttributes(4, attrs, data, a) != CUDA_SUCCESS)
+            return false;
+        reach_lo_ = start;
+        reach_hi_ = start + size;
+        reach_ok_ = owner == ctx_ || owner == nullptr || managed;
+        return reach_ok_;
+    }
+
     CUcontext ctx_;
     CUstream stream_ = nullptr;
-    // cuMemcpyBatchAsync's arrays, kept for the next group: a stream belongs
-    // to one lane, used by one thread at a time.
+    const ScatterKernel &scatter_;
+    CUdeviceptr reach_lo_ = 0, reach_hi_ = 0; // the allocation kernel_reaches() asked last
+    bool reach_ok_ = false;
+    // Kept for the next group (a stream belongs to one lane, used by one
+    // thread at a time, which waits before it queues again): the scatter
+    // kernel's descriptors and cuMemcpyBatchAsync's arrays.
+    ScatterKernel::Descriptors descriptors_;
+    std::vector<Copy> kernel_, other_;
+    CUdeviceptr bounce_ = 0; // device memory a group's staging span is copied to
+    size_t bounce_size_ = 0;
     std::vector<CUdeviceptr> dsts_, srcs_;
     std::vector<size_t> sizes_;
 };
@@ -123,7 +212,10 @@ class CudaBackend final : public Backend {
         flush_ = ordering < CU_GPU_DIRECT_RDMA_WRITES_ORDERING_OWNER &&
                  (options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST);
     }
-    ~CudaBackend() override { drv().cuDevicePrimaryCtxRelease(dev_); }
+    ~CudaBackend() override {
+        scatter_.reset(); // its module lives in the context
+        drv().cuDevicePrimaryCtxRelease(dev_);
+    }
 
     StagingBuffer alloc_staging(size_t n) override {
         cuda::ContextScope scope(ctx_);
@@ -131,7 +223,9 @@ class CudaBackend final : public Backend {
         cuda::check(drv().cuMemHostAlloc(&p, n, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
         return StagingBuffer(p, StagingFree{ctx_});
     }
-    std::unique_ptr<Stream> make_stream() override { return std::make_unique<CudaStream>(ctx_); }
+    std::unique_ptr<Stream> make_stream() override {
+        return std::make_unique<CudaStream>(ctx_, scatter());
+    }
     void after_direct_read() override {
         if (!flush_)
             return;
@@ -252,10 +346,18 @@ class CudaBackend final : public Backend {
                              " (cuMemSetAccess)");
     }
 
+    // The scatter kernel, loaded with the first stream.
+    const ScatterKernel &scatter() {
+        std::call_once(scatter_once_, [this] { scatter_ = std::make_unique<ScatterKernel>(ctx_); });
+        return *scatter_;
+    }
+
     int ordinal_;
     CUdevice dev_ = 0;
     CUcontext ctx_ = nullptr;
     bool flush_ = false; // direct reads end with cuFlushGPUDirectRDMAWrites
+    std::once_flag scatter_once_;
+    std::unique_ptr<ScatterKernel> scatter_;
 };
 
 } // namespace

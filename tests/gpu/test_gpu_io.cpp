@@ -542,3 +542,46 @@ TEST_F(GpuIo, FuturesIntoDeviceMemory) {
     auto h = from_gpu(0, 64 << 20);
     EXPECT_EQ(first_mismatch_fast(h.data(), 64 << 20, 0), 64u << 20);
 }
+
+// #12: the scatter kernel runs in the library's context and may not touch
+// cudaMalloc memory of another context (its kernels would fault): a batch
+// into memory of the caller's own context goes through copies, and lands.
+TEST_F(GpuIo, BatchIntoMemoryOfTheCallersContext) {
+    const std::string path = dir_.file("gpu-batch-ctx");
+    make_pattern_file(path, 4 << 20);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    OwnContext mine;
+    constexpr size_t kOwn = 1 << 20;
+    CUdeviceptr own = 0;
+    ASSERT_EQ(cuMemAlloc(&own, kOwn), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemsetD8(own, 0xAA, kOwn), CUDA_SUCCESS);
+    phxfs_file_t fh = nullptr;
+    ASSERT_EQ(phxfs_file_open(&fh, 0, fd), 0) << phxfs_last_error();
+    constexpr unsigned kReqs = 128;
+    std::vector<phxfs_io> ios(kReqs);
+    for (unsigned i = 0; i < kReqs; ++i) // 4 KiB pieces with 4 KiB gaps
+        ios[i] = {fh,
+                  PHXFS_OP_READ,
+                  0,
+                  reinterpret_cast<void *>(own),
+                  i * 8192ull,
+                  4096,
+                  (i * 7919ull % 1024) * 4096,
+                  nullptr};
+    phxfs::Batch b(kReqs);
+    b.submit(ios.data(), kReqs);
+    std::vector<phxfs_completion> cs(kReqs);
+    ASSERT_EQ(b.reap(cs.data(), kReqs, kReqs, std::chrono::seconds(30)), kReqs);
+    for (const phxfs_completion &c : cs)
+        ASSERT_EQ(c.status, PHXFS_IO_DONE) << c.error;
+    std::vector<uint8_t> h(kOwn);
+    ASSERT_EQ(cuMemcpyDtoH(h.data(), own, kOwn), CUDA_SUCCESS);
+    for (unsigned i = 0; i < kReqs; ++i) {
+        ASSERT_EQ(first_mismatch(h.data() + i * 8192ull, 4096, ios[i].f_offset), 4096u) << i;
+        ASSERT_EQ(h[i * 8192ull + 4096], 0xAA) << i;
+    }
+    EXPECT_EQ(phxfs_file_close(fh), 0);
+    EXPECT_EQ(cuMemFree(own), CUDA_SUCCESS);
+    ::close(fd);
+}
