@@ -29,6 +29,7 @@ class GpuIo : public GpuTest {
             return;
         CUDA_OK(cudaMalloc(&gpu_, kBuf));
         CUDA_OK(cudaMemset(gpu_, 0xAA, kBuf));
+        CUDA_OK(cudaDeviceSynchronize()); // the memset may still run (CUDA's rule)
     }
     void TearDown() override {
         if (gpu_)
@@ -70,6 +71,7 @@ TEST_F(GpuIo, ReadsIntoDeviceMemory) {
             }
             for (const Case &c : kCases) {
                 CUDA_OK(cudaMemset(gpu_, 0xAA, c.buf_off + c.len + 1));
+                CUDA_OK(cudaDeviceSynchronize()); // the memset may still run (CUDA's rule)
                 ASSERT_EQ(phxfs_read({fd, 0}, gpu_, c.buf_off, c.len, c.file_off),
                           static_cast<ssize_t>(c.len))
                     << phxfs_last_error();
@@ -197,6 +199,7 @@ TEST_F(GpuIo, CallersOwnContextIsLeftAlone) {
         CUdeviceptr own = 0;
         ASSERT_EQ(cuMemAlloc(&own, kOwn), CUDA_SUCCESS);
         ASSERT_EQ(cuMemsetD8(own, 0xAA, kOwn), CUDA_SUCCESS);
+        ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
         void *buf = reinterpret_cast<void *>(own);
         EXPECT_EQ(phxfs_read({fd, 0}, buf, 5, kOwn - 10, 12345), static_cast<ssize_t>(kOwn - 10))
             << phxfs_last_error();
@@ -209,6 +212,9 @@ TEST_F(GpuIo, CallersOwnContextIsLeftAlone) {
         EXPECT_EQ(phxfs_regmem(0, buf, kOwn, &target), 0) << phxfs_last_error();
         EXPECT_EQ(current_context(), mine.get()) << "phxfs_regmem (own memory)";
         ASSERT_EQ(cuMemsetD8(own, 0x5C, kOwn), CUDA_SUCCESS);
+        // The memset may still run when it returns (CUDA's rule); a caller
+        // orders its own work before the library's copies.
+        ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
         EXPECT_EQ(phxfs_write({fd, 0}, buf, 5, kOwn - 10, 12345), static_cast<ssize_t>(kOwn - 10))
             << phxfs_last_error();
         EXPECT_EQ(current_context(), mine.get()) << "phxfs_write (own memory)";
@@ -483,6 +489,7 @@ TEST_F(GpuIo, BatchOfSmallRequestsIntoAndOutOfDeviceMemory) {
         }
         ASSERT_LE(at, kBuf);
         CUDA_OK(cudaMemset(gpu_, 0xAA, at));
+        CUDA_OK(cudaDeviceSynchronize()); // the memset may still run (CUDA's rule)
         ASSERT_EQ(phxfs_reset_stats(0), 0);
         phxfs::Batch b(kReqs);
         b.submit(ios.data(), kReqs);
@@ -556,6 +563,7 @@ TEST_F(GpuIo, BatchIntoMemoryOfTheCallersContext) {
     CUdeviceptr own = 0;
     ASSERT_EQ(cuMemAlloc(&own, kOwn), CUDA_SUCCESS);
     ASSERT_EQ(cuMemsetD8(own, 0xAA, kOwn), CUDA_SUCCESS);
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
     phxfs_file_t fh = nullptr;
     ASSERT_EQ(phxfs_file_open(&fh, 0, fd), 0) << phxfs_last_error();
     constexpr unsigned kReqs = 128;
