@@ -85,6 +85,8 @@ class CudaStream final : public Stream {
         if (n > 1 && scatter_.usable()) {
             kernel_.clear();
             other_.clear();
+            reach_lo_ = reach_hi_ = 0; // memory may have been freed and mapped anew since
+
             for (size_t i = 0; i < n; ++i) {
                 const Copy &c = copies[i];
                 const bool fits = to_device || c.n <= kScatterMax;
@@ -156,7 +158,7 @@ class CudaStream final : public Stream {
     // memory of our context, managed memory, and memory of the virtual
     // memory API (check_range made sure it is mapped for this GPU) are; a
     // cudaMalloc allocation of another context on this GPU is not (copies
-    // reach it, kernels would fault). Asked once per allocation.
+    // reach it, kernels would fault). Asked once per allocation and group.
     bool kernel_reaches(const void *p) {
         const auto a = reinterpret_cast<CUdeviceptr>(p);
         if (a >= reach_lo_ && a < reach_hi_)
