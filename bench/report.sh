@@ -12,7 +12,7 @@
 #                added as "before"
 #   PHXFS_COMMIT the commit to print where the tree has no .git
 #   SECTIONS     which parts to run (default all): costs baseline reads
-#                writes rand4k cold
+#                writes rand4k batch cold (batch: bench/batch.sh, issue 12)
 #
 # cuFile: libcufile.so.0 is found through the loader, the CUDA toolkit or the
 # nvidia-cufile Python wheel. cuFile runs in its compat mode here; this script
@@ -34,7 +34,7 @@ mkdir -p "$D"
 # File sizes (override only to test this script on a small machine).
 S1=${S1:-1G} S8=${S8:-8G} SW=${SW:-4G} SC=${SC:-2G}
 bytes() { numfmt --from=iec "$1"; }
-SECTIONS=${SECTIONS:-costs baseline reads writes rand4k cold}
+SECTIONS=${SECTIONS:-costs baseline reads writes rand4k batch cold}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 W=$(mktemp -d)
 RES=$W/results.jsonl
@@ -117,6 +117,7 @@ run() {
     done
 }
 
+want batch && echo "== batch (bench/batch.sh)" && bash "$(dirname "$0")/batch.sh" "$B" "$D/phx-batch.dat" | tee "$W/batch.md"
 want costs && echo "== costs (bench/costs)" && "$COSTS" "$D/phx-costs.dat" "${COST_REPS:-2000}" | tee "$W/costs.txt"
 
 echo "== data files"

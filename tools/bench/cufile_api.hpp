@@ -6,11 +6,13 @@
 // that reference describes for 64-bit Linux, so the tools build without
 // cufile.h and run without libcufile (they then say that cuFile is missing).
 // Only what the benchmarks use: driver open/close, file handle and buffer
-// registration, and synchronous read/write.
+// registration, synchronous read/write, and the batch API.
 #pragma once
 
 #include <dlfcn.h>
 #include <sys/types.h>
+
+#include <ctime>
 
 #include <cstddef>
 #include <cstdlib>
@@ -40,6 +42,31 @@ struct CUfileDescr_t {
 };
 using CUfileHandle_t = void *;
 
+// The batch API (cuFileBatchIO*), for phxfs-bench -x cufile --batch N.
+inline constexpr int CUFILE_READ = 0, CUFILE_WRITE = 1; // CUfileOpcode_t
+inline constexpr int CUFILE_COMPLETE = 0x10;            // CUfileStatus_t
+inline constexpr int CUFILE_BATCH = 1;                  // CUfileBatchMode_t
+struct CUfileIOParams_t {
+    int mode; // CUFILE_BATCH
+    union {
+        struct {
+            void *devPtr_base;
+            off_t file_offset;
+            off_t devPtr_offset;
+            size_t size;
+        } batch;
+    } u;
+    CUfileHandle_t fh;
+    int opcode;
+    void *cookie;
+};
+struct CUfileIOEvents_t {
+    void *cookie;
+    int status; // CUfileStatus_t
+    size_t ret; // bytes, or a negative error
+};
+using CUfileBatchHandle_t = void *;
+
 struct Api {
     CUfileError_t (*cuFileDriverOpen)() = nullptr;
     CUfileError_t (*cuFileDriverClose)() = nullptr;
@@ -50,6 +77,13 @@ struct Api {
     // (handle, device base pointer, bytes, file offset, offset into the buffer)
     ssize_t (*cuFileRead)(CUfileHandle_t, void *, size_t, off_t, off_t) = nullptr;
     ssize_t (*cuFileWrite)(CUfileHandle_t, const void *, size_t, off_t, off_t) = nullptr;
+    // Null where the library has no batch API.
+    CUfileError_t (*cuFileBatchIOSetUp)(CUfileBatchHandle_t *, unsigned) = nullptr;
+    CUfileError_t (*cuFileBatchIOSubmit)(CUfileBatchHandle_t, unsigned, CUfileIOParams_t *,
+                                         unsigned) = nullptr;
+    CUfileError_t (*cuFileBatchIOGetStatus)(CUfileBatchHandle_t, unsigned, unsigned *,
+                                            CUfileIOEvents_t *, struct timespec *) = nullptr;
+    void (*cuFileBatchIODestroy)(CUfileBatchHandle_t) = nullptr;
     std::string library; // the file name that was loaded
 };
 
@@ -101,6 +135,14 @@ inline Loaded &loaded() {
                sym(a.cuFileBufRegister, {"cuFileBufRegister"}) &&
                sym(a.cuFileBufDeregister, {"cuFileBufDeregister"}) &&
                sym(a.cuFileRead, {"cuFileRead"}) && sym(a.cuFileWrite, {"cuFileWrite"});
+        a.cuFileBatchIOSetUp =
+            reinterpret_cast<decltype(a.cuFileBatchIOSetUp)>(dlsym(h, "cuFileBatchIOSetUp"));
+        a.cuFileBatchIOSubmit =
+            reinterpret_cast<decltype(a.cuFileBatchIOSubmit)>(dlsym(h, "cuFileBatchIOSubmit"));
+        a.cuFileBatchIOGetStatus = reinterpret_cast<decltype(a.cuFileBatchIOGetStatus)>(
+            dlsym(h, "cuFileBatchIOGetStatus"));
+        a.cuFileBatchIODestroy =
+            reinterpret_cast<decltype(a.cuFileBatchIODestroy)>(dlsym(h, "cuFileBatchIODestroy"));
     });
     return l;
 }

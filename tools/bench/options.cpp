@@ -228,9 +228,12 @@ Options parse_options(int argc, char **argv) {
         for (uint64_t s : o.io_sizes)
             if (s == 0)
                 throw std::invalid_argument("io size must be > 0");
-        if ((o.batch || o.qd) && (o.path == PathType::naive || o.path == PathType::cufile))
-            throw std::invalid_argument("--batch and --qd run libphxfs's batches and futures: "
-                                        "-x phxfs, compat or direct");
+        if ((o.batch || o.qd) && o.path == PathType::naive)
+            throw std::invalid_argument("--batch and --qd run libphxfs's batches and futures "
+                                        "(-x phxfs, compat, direct) or cuFile's batch API (-x "
+                                        "cufile --batch)");
+        if (o.qd && o.path == PathType::cufile)
+            throw std::invalid_argument("-x cufile has batches (--batch), not futures (--qd)");
     } catch (const CLI::ParseError &e) {
         std::exit(app.exit(e) == 0 ? 0 : 1);
     } catch (const std::invalid_argument &e) {

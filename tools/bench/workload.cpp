@@ -263,8 +263,13 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     const bool write = is_write(o.io);
     const unsigned depth = std::max(o.batch, o.qd);
     Requests req(s, t);
-    phxfs::Device dev(o.device);
-    phxfs::File file(s.fd, dev);
+    const bool cufile = o.path == PathType::cufile;
+    std::optional<phxfs::Device> dev;
+    std::optional<phxfs::File> file_;
+    if (!cufile) {
+        dev.emplace(o.device);
+        file_.emplace(s.fd, *dev);
+    }
     struct InFlight {
         uint64_t off = 0, len = 0;
         Clock::time_point t0;
@@ -296,6 +301,66 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     auto past_deadline = [&] {
         return s.deadline != Clock::time_point::max() && Clock::now() >= s.deadline;
     };
+    if (o.batch && o.path == PathType::cufile) {
+        // cuFile's batch API: the same requests, submitted and waited for
+        // together (its batches hold at most 128 by default).
+        const phxcufile::Api *cf = phxcufile::api();
+        if (!cf || !cf->cuFileBatchIOSetUp || !cf->cuFileBatchIOSubmit ||
+            !cf->cuFileBatchIOGetStatus || !cf->cuFileBatchIODestroy)
+            throw std::runtime_error("-x cufile --batch: no cuFile batch API (" +
+                                     (cf ? cf->library : phxcufile::why()) + ")");
+        phxcufile::CUfileBatchHandle_t bh = nullptr;
+        if (auto e = cf->cuFileBatchIOSetUp(&bh, depth); e.err != phxcufile::CU_FILE_SUCCESS)
+            throw std::runtime_error("cuFileBatchIOSetUp(" + std::to_string(depth) +
+                                     "): " + phxcufile::error_text(e));
+        struct Destroy {
+            const phxcufile::Api *cf;
+            phxcufile::CUfileBatchHandle_t bh;
+            ~Destroy() { cf->cuFileBatchIODestroy(bh); }
+        } destroy{cf, bh};
+        std::vector<phxcufile::CUfileIOParams_t> ps(depth);
+        std::vector<phxcufile::CUfileIOEvents_t> evs(depth);
+        while (!s.stop && !past_deadline()) {
+            unsigned n = 0;
+            for (; n < depth && req.next(slot[n].off, slot[n].len); ++n) {
+                phxcufile::CUfileIOParams_t &p = ps[n];
+                p = {};
+                p.mode = phxcufile::CUFILE_BATCH;
+                p.u.batch.devPtr_base = buf.data();
+                p.u.batch.file_offset = static_cast<off_t>(slot[n].off);
+                p.u.batch.devPtr_offset = static_cast<off_t>(uint64_t{n} * s.io_size);
+                p.u.batch.size = slot[n].len;
+                p.fh = s.cufile;
+                p.opcode = write ? phxcufile::CUFILE_WRITE : phxcufile::CUFILE_READ;
+                p.cookie = reinterpret_cast<void *>(uintptr_t{n});
+            }
+            if (n == 0)
+                break;
+            for (unsigned k = 0; k < n; ++k)
+                fill(k);
+            const auto t0 = Clock::now();
+            for (unsigned k = 0; k < n; ++k)
+                slot[k].t0 = t0;
+            if (auto e = cf->cuFileBatchIOSubmit(bh, n, ps.data(), 0);
+                e.err != phxcufile::CU_FILE_SUCCESS)
+                throw std::runtime_error("cuFileBatchIOSubmit: " + phxcufile::error_text(e));
+            for (unsigned got = 0; got < n;) {
+                unsigned m = n - got;
+                if (auto e = cf->cuFileBatchIOGetStatus(bh, 1, &m, evs.data(), nullptr);
+                    e.err != phxcufile::CU_FILE_SUCCESS)
+                    throw std::runtime_error("cuFileBatchIOGetStatus: " + phxcufile::error_text(e));
+                for (unsigned j = 0; j < m; ++j) {
+                    const auto k =
+                        static_cast<unsigned>(reinterpret_cast<uintptr_t>(evs[j].cookie));
+                    const bool ok = evs[j].status == phxcufile::CUFILE_COMPLETE;
+                    done(k, ok ? static_cast<int64_t>(evs[j].ret) : -1,
+                         ok ? "" : ("cuFile status " + std::to_string(evs[j].status)).c_str());
+                }
+                got += m;
+            }
+        }
+        return;
+    }
     if (o.batch) {
         phxfs::Batch b(depth);
         std::vector<phxfs_io> ios(depth);
@@ -303,7 +368,7 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         while (!s.stop && !past_deadline()) {
             unsigned n = 0;
             for (; n < depth && req.next(slot[n].off, slot[n].len); ++n)
-                ios[n] = {file.handle(),
+                ios[n] = {file_->handle(),
                           write ? PHXFS_OP_WRITE : PHXFS_OP_READ,
                           0,
                           buf.data(),
@@ -341,8 +406,8 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
             fill(k);
             slot[k].t0 = Clock::now();
             char *p = static_cast<char *>(buf.data()) + uint64_t{k} * s.io_size;
-            fs[k] = write ? file.pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
-                          : file.pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
+            fs[k] = write ? file_->pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
+                          : file_->pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
             ++inflight;
         }
         if (!inflight)
@@ -393,9 +458,9 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
             }
         }
         if (cf && buf->on_gpu()) {
-            const auto e = cf->cuFileBufRegister(buf->data(), s.io_size, 0);
+            const auto e = cf->cuFileBufRegister(buf->data(), buf->size(), 0);
             if (e.err != phxcufile::CU_FILE_SUCCESS)
-                throw std::runtime_error("cuFileBufRegister of " + std::to_string(s.io_size) +
+                throw std::runtime_error("cuFileBufRegister of " + std::to_string(buf->size()) +
                                          " bytes: " + phxcufile::error_text(e));
             cf_registered = true;
         }
