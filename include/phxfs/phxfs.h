@@ -259,39 +259,6 @@ int phxfs_batch_cancel(phxfs_batch_t batch);
 int phxfs_batch_destroy(phxfs_batch_t batch);
 
 /* ------------------------------------------------------------------------ */
-/* Stream-ordered I/O (since 0.2)                                            */
-/* ------------------------------------------------------------------------ */
-
-/**
- * phxfs_file_read_stream() - read in the order of a CUDA stream: after the
- * work queued on stream before it, before the work queued after it. Returns
- * at once (0), or -1 when the request cannot be queued: EBADF (handle not
- * open), EINVAL (size_p, f_offset_p or bytes_read_p NULL; stream not valid),
- * EAGAIN (4096 stream-ordered requests queued in the process), ENOTSUP (no
- * CUDA driver, or one without stream memory operations).
- *
- * stream is a CUstream (NULL: the legacy default stream of the caller's
- * current context). *size_p, *f_offset_p and *buf_offset_p (NULL: 0) are
- * read when the stream gets to the request, so work queued before it may
- * set them; the request then reads *size_p bytes at *f_offset_p into
- * buf + *buf_offset_p, exactly as phxfs_file_read() would, and stores the
- * bytes read (short only at end of file), or -errno, in *bytes_read_p
- * before the stream goes on. The four pointers must stay valid until then.
- * No host callback runs and no thread blocks per request: the stream writes
- * and waits on words of pinned memory (cuStreamWriteValue32,
- * cuStreamWaitValue32), which a thread of the library watches.
- */
-int phxfs_file_read_stream(phxfs_file_t fh, void *buf, const size_t *size_p,
-			   const off_t *f_offset_p, const off_t *buf_offset_p,
-			   ssize_t *bytes_read_p, void *stream);
-/* The same for a write of buf + *buf_offset_p, whose bytes are those the
- * stream's earlier work left there. */
-int phxfs_file_write_stream(phxfs_file_t fh, const void *buf,
-			    const size_t *size_p, const off_t *f_offset_p,
-			    const off_t *buf_offset_p, ssize_t *bytes_written_p,
-			    void *stream);
-
-/* ------------------------------------------------------------------------ */
 /* Configuration                                                             */
 /* ------------------------------------------------------------------------ */
 

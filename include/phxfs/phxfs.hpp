@@ -207,21 +207,6 @@ class File {
                       "phxfs_file_write_async");
         return Future(f);
     }
-    // In the order of a CUDA stream (a CUstream; phxfs_file_read_stream):
-    // *size, *file_offset and *buf_offset are read when the stream gets
-    // there, and *result is set before it goes on (bytes, or -errno).
-    void read_stream(void *buf, const size_t *size, const off_t *file_offset,
-                     const off_t *buf_offset, ssize_t *result, void *stream) const {
-        detail::check(
-            phxfs_file_read_stream(fh_, buf, size, file_offset, buf_offset, result, stream),
-            "phxfs_file_read_stream");
-    }
-    void write_stream(const void *buf, const size_t *size, const off_t *file_offset,
-                      const off_t *buf_offset, ssize_t *result, void *stream) const {
-        detail::check(
-            phxfs_file_write_stream(fh_, buf, size, file_offset, buf_offset, result, stream),
-            "phxfs_file_write_stream");
-    }
 
   private:
     void open_handle() {

@@ -1,13 +1,11 @@
-// The public C API of file handles, futures, batches and stream-ordered
-// I/O (phxfs.h, 0.2): argument checks, then core/handle, core/async,
-// core/batch and core/stream_io.
+// The public C API of file handles, futures and batches (phxfs.h, 0.2):
+// argument checks, then core/handle, core/async and core/batch.
 #include "core/async.hpp"
 #include "core/batch.hpp"
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/handle.hpp"
 #include "core/request.hpp"
-#include "core/stream_io.hpp"
 
 #include <phxfs/phxfs.h>
 
@@ -166,27 +164,6 @@ PHXFS_API int phxfs_batch_destroy(phxfs_batch_t batch) {
         if (!batch)
             fail(EINVAL, "batch is NULL");
         delete batch;
-        return 0;
-    });
-}
-
-PHXFS_API int phxfs_file_read_stream(phxfs_file_t fh, void *buf, const size_t *size_p,
-                                     const off_t *f_offset_p, const off_t *buf_offset_p,
-                                     ssize_t *bytes_read_p, void *stream) {
-    return c_call([&] {
-        cuda_stream_io().enqueue(
-            {key(fh), false, buf, size_p, f_offset_p, buf_offset_p, bytes_read_p}, stream);
-        return 0;
-    });
-}
-
-PHXFS_API int phxfs_file_write_stream(phxfs_file_t fh, const void *buf, const size_t *size_p,
-                                      const off_t *f_offset_p, const off_t *buf_offset_p,
-                                      ssize_t *bytes_written_p, void *stream) {
-    return c_call([&] {
-        cuda_stream_io().enqueue({key(fh), true, const_cast<void *>(buf), size_p, f_offset_p,
-                                  buf_offset_p, bytes_written_p},
-                                 stream);
         return 0;
     });
 }

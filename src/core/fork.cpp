@@ -4,7 +4,6 @@
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/handle.hpp"
-#include "core/stream_io.hpp"
 #include "core/trace.hpp"
 #include "engine/workers.hpp"
 #include "memory/memory.hpp"
@@ -27,7 +26,6 @@ void child_after_fork() {
     devices_after_fork_child();
     handles_after_fork_child();
     futures_after_fork_child();
-    stream_io_after_fork_child();
 }
 
 } // namespace

@@ -37,8 +37,7 @@ namespace phxfs::core::cuda {
 
 // Calls the library does without where a driver lacks them (older drivers:
 // cuMemcpyBatchAsync is CUDA 12.8+; the VM suite's stand-in driver: the
-// module calls, which only the scatter kernel needs; the stream memory
-// operations, which only stream-ordered I/O needs).
+// module calls, which only the scatter kernel needs).
 #define PHXFS_CUDA_OPTIONAL_FUNCS(X)                                                               \
     X(cuMemcpyBatchAsync)                                                                          \
     X(cuMemAlloc)                                                                                  \
@@ -46,11 +45,7 @@ namespace phxfs::core::cuda {
     X(cuModuleLoadData)                                                                            \
     X(cuModuleUnload)                                                                              \
     X(cuModuleGetFunction)                                                                         \
-    X(cuLaunchKernel)                                                                              \
-    X(cuMemHostGetDevicePointer)                                                                   \
-    X(cuStreamGetCtx)                                                                              \
-    X(cuStreamWriteValue32)                                                                        \
-    X(cuStreamWaitValue32)
+    X(cuLaunchKernel)
 
 struct Driver {
 #define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;

@@ -77,11 +77,6 @@ class Backend {
 std::unique_ptr<Backend> make_host_backend();
 std::unique_ptr<Backend> make_cuda_backend(int ordinal);
 
-class StreamOrder; // core/stream_io.hpp
-// CUDA's streams for stream-ordered I/O; throws ENOTSUP where they cannot
-// serve it (no driver, or one without stream memory operations).
-std::unique_ptr<StreamOrder> make_cuda_stream_order();
-
 struct GpuInfo {
     std::string name;
     std::string pci_bus_id; // lower case, "0000:3b:00.0"
