@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build_pkgs=(cmake g++ make pkg-config libgtest-dev liburing-dev libcli11-dev nlohmann-json3-dev python3)
-vm_pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs kmod linux-headers-amd64)
+vm_pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs kmod iproute2 linux-headers-amd64)
 
 case "${1:-build}" in
 build) want=("${build_pkgs[@]}") ;;

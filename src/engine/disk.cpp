@@ -32,19 +32,23 @@ DiskInfo disk_info(dev_t dev) {
     if (fs::exists(disk / "partition", ec))
         disk = disk.parent_path();
     d.disk = disk.filename().string();
-    // A namespace's controller: device/ itself, or for a multipath head
-    // (device/ is then the subsystem) the controller of each path.
-    auto controller = [&](const fs::path &ns) {
-        d.transport = first_line(ns / "device" / "transport");
+    // A namespace's controller is its device/; a multipath head's device/
+    // is the NVMe subsystem, which links each of its controllers (nvmeN).
+    auto controller = [&](const fs::path &ctrl) {
+        d.transport = first_line(ctrl / "transport");
         if (!d.transport.empty())
-            d.address = first_line(ns / "device" / "address");
+            d.address = first_line(ctrl / "address");
         return !d.transport.empty();
     };
-    if (controller(disk))
+    const fs::path device = disk / "device";
+    if (controller(device))
         return d;
-    for (const auto &path : fs::directory_iterator(disk / "multipath", ec))
-        if (controller(path.path()))
+    for (const auto &e : fs::directory_iterator(device, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind("nvme", 0) == 0 &&
+            name.find_first_not_of("0123456789", 4) == std::string::npos && controller(e.path()))
             break;
+    }
     return d;
 }
 

@@ -22,8 +22,8 @@ struct DiskInfo {
 };
 
 // The disk of block device dev (a file's st_dev, a device node's st_rdev):
-// a partition counts as its disk, a multipath NVMe namespace by the
-// controller of its first path. Reads sysfs; never throws.
+// a partition counts as its disk, a multipath NVMe namespace by the first
+// controller of its subsystem. Reads sysfs; never throws.
 DiskInfo disk_info(dev_t dev);
 
 // The disk a file lives on (fd's st_dev, or st_rdev for a block device).

@@ -91,7 +91,9 @@ def main():
             current = None
         elif current:
             progs[current].append(line)
-        elif line.startswith(("COUNTERS", "DISKS")) or not line.startswith(
+            if line.startswith("FABRIC "):
+                print(f"   {line}")
+        elif line.startswith(("COUNTERS", "DISKS", "FABRIC")) or not line.startswith(
                 ("RESULT", "HOSTCHECK", "BAR", "GPUBAR", "BOOT")) and line.strip():
             print(f"   {line}")
     for prog, lines in progs.items():
@@ -126,8 +128,18 @@ def main():
            for line in (dma_log.read_text(errors="replace").splitlines()
                         if dma_log.exists() else [])
            if (m := re.search(r"pci_nvme_map_addr addr (0x[0-9a-f]+) len (\d+)", line))]
+    if a.mode == "fabric":
+        # Over NVMe-oF the local controller DMAs into the target's buffers
+        # in RAM; what reaches the BAR (host_bytes above) was copied there
+        # by the transport, so the trace must show no NVMe DMA inside it.
+        bar = next((line.split() for line in results if line.startswith("BAR ")), None)
+        lo, hi = (int(bar[2], 16), int(bar[3], 16)) if bar else (0, -1)
+        inside = [n for addr, n in dma if lo <= addr <= hi]
+        v("fabric_no_nvme_dma_into_bar", bool(bar) and bool(dma) and not inside,
+          f"{len(inside)} NVMe DMA transfers inside the BAR, {len(dma)} transfers "
+          f"({sum(n for _, n in dma)} bytes) outside it")
     for key, name in (("BAR", "nvme_dma_into_bar"), ("GPUBAR", "nvme_dma_into_gpu_bar")):
-        if a.mode == "fuzz":
+        if a.mode in ("fuzz", "fabric"):
             break
         bar = next((line.split() for line in results if line.startswith(key + " ")), None)
         if not bar:

@@ -5,13 +5,14 @@
 # image) and QEMU's DMA trace. Ends with the line "N passed, N failed".
 #
 #   tests/vm/run.sh [--kernel 6.1|6.12|p2pdma|all] [--build DIR] [--extra DIR]
-#                   [--demo] [--fuzz SECONDS] [--keep]
+#                   [--demo] [--fuzz SECONDS] [--boot B] [--keep]
 #
 # --extra DIR  copies DIR into the guest as /extra and runs each executable
 #              file at its top after the tests (/dev/phxfs0 and the disks ready,
 #              ext4 at /mnt/fs), output shown; their exit status counts.
 # --demo       runs the direct-path demo only (make demo).
 # --fuzz S     runs the module fuzzer only, for S seconds (make fuzz).
+# --boot B     of the test boots (tests, fuzz, fabric), runs B alone.
 # Every test run also fuzzes PHXFS_FUZZ_OPS operations (10000) with seed
 # PHXFS_FUZZ_SEED (default: the time); the seed is printed for replay.
 # Kernels are cached in $PHXFS_VM_CACHE (~/.cache/phxfs/vm): Debian's 6.1 and
@@ -21,7 +22,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-kernels=all build=build extra="" mode=tests keep=0 fuzz_seconds=0
+kernels=all build=build extra="" mode=tests keep=0 fuzz_seconds=0 only=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--kernel) kernels=$2; shift ;;
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
 	--demo) mode=demo ;;
 	--fuzz) mode=fuzz fuzz_seconds=$2; shift ;;
 	--keep) keep=1 ;;
-	*) echo "usage: $0 [--kernel 6.1|6.12|p2pdma|all] [--build DIR] [--extra DIR] [--demo] [--fuzz S] [--keep]" >&2
+	--boot) only=$2; shift ;;
+	*) echo "usage: $0 [--kernel 6.1|6.12|p2pdma|all] [--build DIR] [--extra DIR] [--demo] [--fuzz S] [--boot B] [--keep]" >&2
 	   exit 2 ;;
 	esac
 	shift
@@ -69,9 +71,18 @@ make_initramfs() {
 	else
 		echo "$fuzz_seed ${PHXFS_FUZZ_OPS:-10000} 0" >"$root/fuzz"
 	fi
-	# NVMe and ext4, in dependency order, decompressed for busybox insmod.
+	# NVMe and ext4 (and the fabric boot's modules), in dependency order,
+	# decompressed for busybox insmod.
 	: >"$root/modules.list"
-	for m in $(for n in nvme ext4 crc32c_generic; do
+	local want="nvme ext4 crc32c_generic"
+	if [ "$mode" = fabric ]; then
+		want="$want $(fabric_modules "$kver" "$(fabrics "$kver")")"
+		fabrics "$kver" >"$root/fabrics"
+		cp "$here/fabric.sh" "$root/"
+		cp "$(command -v rdma)" "$root/bin/"
+		copy_libs "$root" "$root/bin/rdma"
+	fi
+	for m in $(for n in $want; do
 		modprobe -d "$cache/$kver/root" -S "$kver" --show-depends "$n"
 	done | awk '$1 == "insmod" {print $2}'); do
 		f=$(basename "$m" | sed 's/\.\(xz\|zst\)$//')
@@ -100,6 +111,34 @@ make_initramfs() {
 		find "$root/extra" -type f | while read -r f; do copy_libs "$root" "$f"; done
 	fi
 	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
+}
+
+# The kernel modules of each NVMe-oF transport the fabric boot tests
+# (target, host, and for RDMA soft-RoCE and the interface it runs on).
+fabric_modules() {
+	local t
+	for t in $2; do
+		case $t in
+		tcp) echo configfs nvmet nvmet-tcp nvme-tcp ;;
+		# rxe's ICRC takes the "crc32" hash from the crypto API, which
+		# would load crc32_generic on demand (no modprobe in the guest).
+		rdma) echo configfs nvmet nvmet-rdma nvme-rdma rdma_rxe dummy crc32_generic ;;
+		esac
+	done
+}
+
+# The transports kver has every module of (as modules or built in).
+fabrics() {
+	local kver=$1 t m ok out=""
+	for t in tcp rdma; do
+		ok=1
+		for m in $(fabric_modules "$kver" "$t"); do
+			modprobe -d "$cache/$kver/root" -S "$kver" --show-depends "$m" >/dev/null 2>&1 ||
+				ok=0
+		done
+		[ "$ok" = 1 ] && out="$out $t"
+	done
+	echo $out
 }
 
 # Where the guest's disks and BARs sit: on q35's root bus, or (the P2PDMA
@@ -184,6 +223,16 @@ run_kernel() {
 	# The fuzzer boots on its own: it scribbles over device memory and disk
 	# that the tests' host checks read after the VM stops.
 	[ "$mode" = tests ] && [ "${PHXFS_FUZZ_OPS:-10000}" != 0 ] && boots="tests fuzz"
+	# NVMe over Fabrics in a boot of its own too: its QEMU trace must show
+	# no NVMe DMA into the BAR (the fabric moves those bytes).
+	if [ "$mode" = tests ]; then
+		if [ -n "$(fabrics "$kver")" ]; then
+			boots="$boots fabric"
+		else
+			echo "SKIP fabric boot: $kver has no NVMe-oF modules (nvmet, nvme-tcp, nvme-rdma)"
+		fi
+		[ -z "$only" ] || boots=$only
+	fi
 	for m in $boots; do
 		boot "$kver" "$work/$m" "$m"
 		p=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$work/$m/check.log")
