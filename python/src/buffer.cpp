@@ -2,6 +2,7 @@
 #include "buffer.hpp"
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include <dlfcn.h>
 

@@ -512,11 +512,11 @@ NB_MODULE(_phxfs, m) {
         .def_prop_ro("closed", &Handle::closed)
         .def_prop_ro("fd", &Handle::fd)
         .def_prop_ro("device", &Handle::device)
-        .def("read", &Handle::read, "buf"_a, "file_offset"_a, "size"_a, "buf_offset"_a)
-        .def("write", &Handle::write, "buf"_a, "file_offset"_a, "size"_a, "buf_offset"_a)
-        .def("read_async", &Handle::read_async, "buf"_a, "file_offset"_a, "size"_a,
+        .def("read", &Handle::read, "buf"_a.none(), "file_offset"_a, "size"_a, "buf_offset"_a)
+        .def("write", &Handle::write, "buf"_a.none(), "file_offset"_a, "size"_a, "buf_offset"_a)
+        .def("read_async", &Handle::read_async, "buf"_a.none(), "file_offset"_a, "size"_a,
              "buf_offset"_a, nb::rv_policy::take_ownership)
-        .def("write_async", &Handle::write_async, "buf"_a, "file_offset"_a, "size"_a,
+        .def("write_async", &Handle::write_async, "buf"_a.none(), "file_offset"_a, "size"_a,
              "buf_offset"_a, nb::rv_policy::take_ownership);
 
     nb::class_<Batch>(m, "Batch")
@@ -530,7 +530,7 @@ NB_MODULE(_phxfs, m) {
         .def_prop_ro("closed", &Batch::closed);
 
     nb::class_<Registration>(m, "Registration")
-        .def(nb::init<int, nb::handle>(), "device"_a, "buf"_a)
+        .def(nb::init<int, nb::handle>(), "device"_a, "buf"_a.none())
         .def("close", &Registration::close)
         .def_prop_ro("active", &Registration::active)
         .def_prop_ro("address", &Registration::address)
@@ -580,5 +580,5 @@ NB_MODULE(_phxfs, m) {
             d["via"] = phxfs_py::via_name(b.via());
             return d;
         },
-        "obj"_a, "writable"_a = false, "via"_a = "auto");
+        "obj"_a.none(), "writable"_a = false, "via"_a = "auto");
 }
