@@ -819,7 +819,7 @@ def save_file(
     tensors: Mapping[str, Any],
     filename: PathLike,
     metadata: Optional[Mapping[str, str]] = None,
-    device: int = 0,
+    device: Optional[int] = None,
 ) -> None:
     """Write tensors as a safetensors file, through phxfs (one batch of writes).
 
@@ -828,7 +828,7 @@ def save_file(
     layout is safetensors' own (tensors sorted by element size, largest
     first, then by name; header padded to 8 bytes), so the file is byte for
     byte what ``safetensors.numpy.save_file`` writes. ``device`` is the phxfs
-    device of GPU tensors (their CUDA id).
+    device (a CUDA id); by default that of the GPU tensors, else 0.
 
     >>> save_file({"w": np.eye(4, dtype=np.float32)}, "w.safetensors", metadata={"fmt": "np"})
     """
@@ -845,6 +845,13 @@ def save_file(
             raise ValueError("'__metadata__' is reserved")
         code, shape, buf, nbytes = _tensor_entry(name, x)
         items.append((name, code, shape, buf, nbytes))
+    if device is None:
+        gpus = {
+            x.device.index or 0 for x in tensors.values() if getattr(x, "is_cuda", False)
+        }
+        if len(gpus) > 1:
+            raise ValueError(f"tensors on several GPUs {sorted(gpus)}: pass device=")
+        device = gpus.pop() if gpus else 0
     items.sort(key=lambda it: (-_DTYPE_RANK[it[1]], it[0]))
     entries = []
     pos = 0
