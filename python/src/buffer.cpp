@@ -110,8 +110,8 @@ void cuda_stream_synchronize(uintptr_t stream) {
         rc = fn(reinterpret_cast<void *>(stream));
     }
     if (rc != 0)
-        raise_os(EIO, "cuStreamSynchronize(" + std::to_string(stream) +
-                          ") failed with CUresult " + std::to_string(rc));
+        raise_os(EIO, "cuStreamSynchronize(" + std::to_string(stream) + ") failed with CUresult " +
+                          std::to_string(rc));
 }
 
 namespace {
@@ -224,8 +224,8 @@ BufferRef from_buffer(PyObject *obj, bool writable) {
             ("buffer is not usable (it must be C-contiguous): " + std::string(e.what())).c_str());
     }
     // From here b owns the view; any throw releases it.
-    BufferRefBuilder::set(b, v.buf, static_cast<size_t>(v.len), MemKind::host, -1,
-                          v.readonly != 0, Via::buffer);
+    BufferRefBuilder::set(b, v.buf, static_cast<size_t>(v.len), MemKind::host, -1, v.readonly != 0,
+                          Via::buffer);
     if (writable && v.readonly)
         throw nb::type_error(("a read needs a writable buffer; this " +
                               std::string(Py_TYPE(obj)->tp_name) + " is read-only")
@@ -416,9 +416,9 @@ BufferRef from_dlpack(PyObject *obj, bool writable) {
         kind = MemKind::cuda_managed;
         break;
     default:
-        throw nb::value_error(("DLPack tensor on an unsupported device type " +
-                               std::to_string(t->device.device_type))
-                                  .c_str());
+        throw nb::value_error(
+            ("DLPack tensor on an unsupported device type " + std::to_string(t->device.device_type))
+                .c_str());
     }
     if (t->ndim < 0 || (t->ndim > 0 && !t->shape))
         throw nb::value_error("DLPack tensor with a malformed shape");

@@ -54,8 +54,7 @@ uint64_t span_of(const BufferRef &b, int64_t buf_offset, int64_t size) {
         throw nb::value_error("buf_offset must not be negative");
     if (static_cast<uint64_t>(buf_offset) > b.size())
         throw nb::value_error(("buf_offset " + std::to_string(buf_offset) +
-                               " is past the buffer's end (" + std::to_string(b.size()) +
-                               " bytes)")
+                               " is past the buffer's end (" + std::to_string(b.size()) + " bytes)")
                                   .c_str());
     if (size < 0)
         return b.size() - static_cast<uint64_t>(buf_offset);
@@ -275,10 +274,9 @@ class Batch {
             const int64_t buf_off = nb::cast<int64_t>(t[5]);
             BufferRef b = BufferRef::acquire(t[2].ptr(), op == PHXFS_OP_READ);
             const uint64_t size = span_of(b, buf_off, nb::cast<int64_t>(t[4]));
-            ios.push_back(phxfs_io{h.fh(), static_cast<uint32_t>(op), 0, b.data(),
-                                   static_cast<uint64_t>(buf_off), size,
-                                   static_cast<uint64_t>(f_off),
-                                   reinterpret_cast<void *>(next_ + held.size())});
+            ios.push_back(phxfs_io{
+                h.fh(), static_cast<uint32_t>(op), 0, b.data(), static_cast<uint64_t>(buf_off),
+                size, static_cast<uint64_t>(f_off), reinterpret_cast<void *>(next_ + held.size())});
             held.emplace_back(std::move(b), nb::borrow(t[6]));
         }
         if (n == 0)
@@ -300,9 +298,8 @@ class Batch {
         if (max_nr == 0 || max_nr > depth_)
             max_nr = depth_;
         if (min_nr > pending_.size())
-            throw nb::value_error(("cannot wait for " + std::to_string(min_nr) +
-                                   " completions: " + std::to_string(pending_.size()) +
-                                   " requests are in flight")
+            throw nb::value_error(("cannot wait for " + std::to_string(min_nr) + " completions: " +
+                                   std::to_string(pending_.size()) + " requests are in flight")
                                       .c_str());
         std::vector<phxfs_completion> out(max_nr);
         Failure fail;
@@ -370,8 +367,8 @@ class Registration {
         if (buf_.size() == 0)
             throw nb::value_error("cannot register an empty buffer");
         Failure fail;
-        int r = call_nogil(
-            [&] { return phxfs_regmem(device, buf_.data(), buf_.size(), &target_); }, fail);
+        int r = call_nogil([&] { return phxfs_regmem(device, buf_.data(), buf_.size(), &target_); },
+                           fail);
         if (r < 0)
             fail.raise("phxfs_regmem");
         active_ = true;
@@ -538,12 +535,9 @@ NB_MODULE(_phxfs, m) {
         .def_prop_ro("target", &Registration::target)
         .def_prop_ro("device", &Registration::device);
 
-    m.def("open_device", [](int id) {
-        check_call("phxfs_open", [&] { return phxfs_open(id); });
-    });
-    m.def("close_device", [](int id) {
-        check_call("phxfs_close", [&] { return phxfs_close(id); });
-    });
+    m.def("open_device", [](int id) { check_call("phxfs_open", [&] { return phxfs_open(id); }); });
+    m.def("close_device",
+          [](int id) { check_call("phxfs_close", [&] { return phxfs_close(id); }); });
     m.def("device_count", [] {
         int n = 0;
         check_call("phxfs_device_count", [&] { return n = phxfs_device_count(); });
@@ -554,9 +548,8 @@ NB_MODULE(_phxfs, m) {
     m.def("set_config", &set_config, "mode"_a, "threads"_a, "trace"_a, "chunk_bytes"_a,
           "staging_bytes"_a);
     m.def("get_stats", &get_stats, "device"_a);
-    m.def("reset_stats", [](int id) {
-        check_call("phxfs_reset_stats", [&] { return phxfs_reset_stats(id); });
-    });
+    m.def("reset_stats",
+          [](int id) { check_call("phxfs_reset_stats", [&] { return phxfs_reset_stats(id); }); });
     m.def("last_error", [] { return std::string(phxfs_last_error()); });
     m.def("path_name", [](int p) {
         if (p < 0 || p >= PHXFS_PATH_COUNT)
