@@ -172,15 +172,17 @@ _TORCH: Dict[str, str] = {
 }
 
 
-def numpy_dtype(code: str) -> np.dtype:
+def numpy_dtype(code: str) -> "np.dtype[Any]":
     """The numpy dtype phxfs loads a safetensors dtype code as (see the module doc)."""
     if code in _NP_NATIVE:
-        return np.dtype(_NP_NATIVE[code])
+        dt: "np.dtype[Any]" = np.dtype(_NP_NATIVE[code])
+        return dt
     if code in _ML_DTYPES:
         try:
             import ml_dtypes
 
-            return np.dtype(getattr(ml_dtypes, _ML_DTYPES[code]))
+            dt = np.dtype(getattr(ml_dtypes, _ML_DTYPES[code]))
+            return dt
         except (ImportError, AttributeError):
             return np.dtype(f"V{DTYPE_BITS[code] // 8}")
     if code in DTYPE_BITS:  # packed sub-byte kinds
