@@ -356,3 +356,55 @@ def test_inspect_reports_sizes() -> None:
     arr = np.zeros((3, 5), np.float64)
     d = phxfs.inspect_buffer(arr)
     assert (d["ptr"], d["size"], d["kind"], d["via"]) == (arr.ctypes.data, 120, "host", "buffer")
+
+
+def test_registration_holds_the_buffer() -> None:
+    with phxfs.open_device(0) as dev:
+        m = mmap.mmap(-1, 1 << 16)
+        reg = phxfs.register(dev, m)
+        with pytest.raises(BufferError):
+            m.close()  # phxfs still uses its memory
+        reg.close()
+        m.close()  # now it may go
+
+
+def test_dropped_futures_finish_safely(data_file: Path) -> None:
+    with phxfs.File(data_file) as f:
+        for i in range(32):
+            f.pread(bytearray(1 << 18), file_offset=i * 4096)  # dropped at once
+        buf = bytearray(16)
+        assert f.read_into(buf, file_offset=251) == 16
+    assert bytes(buf) == EXPECTED[251:267].tobytes()
+
+
+def test_future_timeout_argument(data_file: Path) -> None:
+    with phxfs.File(data_file) as f:
+        fu = f.pread(bytearray(10))
+        with pytest.raises(ValueError, match="timeout"):
+            fu.result(timeout=-1)
+        assert fu.result(timeout=30) == 10
+        assert fu.result(timeout=0) == 10  # done: no wait needed
+
+
+def test_threads_share_a_file(data_file: Path) -> None:
+    import threading
+
+    errors: list = []
+
+    def worker(k: int) -> None:
+        try:
+            buf = np.zeros(4096, np.uint8)
+            for i in range(50):
+                off = ((k * 50 + i) * 4096) % (1 << 20)
+                assert f.read_into(buf, file_offset=off) == 4096
+                assert (buf == EXPECTED[off : off + 4096]).all()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with phxfs.File(data_file) as f:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
