@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -94,24 +95,93 @@ void raise_os(int err, const std::string &what) {
     throw nb::python_error();
 }
 
-void cuda_stream_synchronize(uintptr_t stream) {
-    using sync_fn = int (*)(void *);
-    // Looked up once; the driver stays loaded for the process's life.
-    static sync_fn fn = [] {
-        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-        return lib ? reinterpret_cast<sync_fn>(dlsym(lib, "cuStreamSynchronize")) : nullptr;
-    }();
-    if (!fn)
+namespace {
+
+// The few CUDA driver calls a consumer needs to wait for a producer's
+// stream, looked up once from the driver loaded at run time (never linked:
+// the package loads on machines without CUDA).
+struct CudaDriver {
+    using ctx_t = void *;
+    int (*stream_sync)(void *) = nullptr;
+    int (*ctx_get_current)(ctx_t *) = nullptr;
+    int (*device_get)(int *, int) = nullptr;
+    int (*primary_retain)(ctx_t *, int) = nullptr;
+    int (*primary_release)(int) = nullptr;
+    int (*ctx_push)(ctx_t) = nullptr;
+    int (*ctx_pop)(ctx_t *) = nullptr;
+    int (*pointer_attr)(void *, int, uintptr_t) = nullptr;
+    bool ok = false;
+
+    static const CudaDriver &get() {
+        static const CudaDriver d = [] {
+            CudaDriver d;
+            void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+            if (!lib)
+                return d;
+            auto sym = [lib](auto &fn, const char *name) {
+                fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+                return fn != nullptr;
+            };
+            d.ok = sym(d.stream_sync, "cuStreamSynchronize") &&
+                   sym(d.ctx_get_current, "cuCtxGetCurrent") && sym(d.device_get, "cuDeviceGet") &&
+                   sym(d.primary_retain, "cuDevicePrimaryCtxRetain") &&
+                   sym(d.primary_release, "cuDevicePrimaryCtxRelease_v2") &&
+                   sym(d.ctx_push, "cuCtxPushCurrent_v2") && sym(d.ctx_pop, "cuCtxPopCurrent_v2") &&
+                   sym(d.pointer_attr, "cuPointerGetAttribute");
+            return d;
+        }();
+        return d;
+    }
+};
+
+constexpr int kPointerAttributeDeviceOrdinal = 9; // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+
+} // namespace
+
+void cuda_stream_synchronize(uintptr_t stream, int device, const void *ptr) {
+    const CudaDriver &cu = CudaDriver::get();
+    if (!cu.ok)
         raise_os(ENODEV, "a CUDA object was passed but the CUDA driver (libcuda.so.1) cannot be "
                          "loaded to synchronize its stream");
-    int rc;
+    // 1 and 2 (the legacy and per-thread default streams) are the current
+    // context's: where this thread has none, the memory's GPU's primary
+    // context (the one PyTorch, CuPy and JAX use) is made current around it.
+    const bool default_stream = stream == 1 || stream == 2;
+    int rc = 0;
+    std::string what;
     {
         nb::gil_scoped_release nogil;
-        rc = fn(reinterpret_cast<void *>(stream));
+        void *cur = nullptr;
+        if (default_stream && (cu.ctx_get_current(&cur) != 0 || !cur)) {
+            int ordinal = device;
+            if (ordinal < 0 && ptr &&
+                cu.pointer_attr(&ordinal, kPointerAttributeDeviceOrdinal,
+                                reinterpret_cast<uintptr_t>(ptr)) != 0)
+                ordinal = -1;
+            int dev = 0;
+            void *ctx = nullptr;
+            if (ordinal < 0) {
+                rc = -1;
+                what = "no CUDA context is current and the memory's GPU is unknown";
+            } else if ((rc = cu.device_get(&dev, ordinal)) != 0 ||
+                       (rc = cu.primary_retain(&ctx, dev)) != 0) {
+                what = "cannot take GPU " + std::to_string(ordinal) + "'s primary context";
+            } else {
+                if ((rc = cu.ctx_push(ctx)) == 0) {
+                    rc = cu.stream_sync(reinterpret_cast<void *>(stream));
+                    void *popped = nullptr;
+                    cu.ctx_pop(&popped);
+                }
+                cu.primary_release(dev);
+            }
+        } else {
+            rc = cu.stream_sync(reinterpret_cast<void *>(stream));
+        }
     }
     if (rc != 0)
-        raise_os(EIO, "cuStreamSynchronize(" + std::to_string(stream) + ") failed with CUresult " +
-                          std::to_string(rc));
+        raise_os(EIO, "cuStreamSynchronize(" + std::to_string(stream) + ") failed" +
+                          (what.empty() ? "" : ": " + what) + " (CUresult " + std::to_string(rc) +
+                          ")");
 }
 
 namespace {
@@ -316,7 +386,7 @@ BufferRef from_cai(PyObject *obj, bool writable) {
         if (!nb::isinstance<nb::int_>(s) || nb::cast<int64_t>(s) == 0)
             throw nb::value_error("__cuda_array_interface__['stream'] must be None or a "
                                   "non-zero int");
-        cuda_stream_synchronize(nb::cast<uintptr_t>(s));
+        cuda_stream_synchronize(nb::cast<uintptr_t>(s), -1, reinterpret_cast<void *>(ptr));
     }
 
     BufferRef b;
@@ -444,7 +514,7 @@ BufferRef from_dlpack(PyObject *obj, bool writable) {
                           Via::dlpack);
     // The producer ordered its work before the legacy default stream.
     if (on_cuda)
-        cuda_stream_synchronize(1);
+        cuda_stream_synchronize(1, t->device.device_id, data);
     return b;
 }
 

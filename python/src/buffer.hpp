@@ -79,8 +79,11 @@ class BufferRef {
 [[noreturn]] void raise_os(int err, const std::string &what);
 
 // Waits for a CUDA stream (a CUstream as an integer; 1 legacy, 2 per-thread
-// default) through the driver loaded at run time. Throws OSError(ENODEV)
-// where there is no CUDA driver. Releases the GIL while it waits.
-void cuda_stream_synchronize(uintptr_t stream);
+// default) through the driver loaded at run time. device (-1: unknown, then
+// found from ptr) names the GPU whose primary context holds a default
+// stream where the thread has no current context. Throws OSError(ENODEV)
+// where there is no CUDA driver, OSError(EIO) when the wait fails.
+// Releases the GIL while it waits.
+void cuda_stream_synchronize(uintptr_t stream, int device, const void *ptr);
 
 } // namespace phxfs_py
