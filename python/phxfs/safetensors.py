@@ -461,11 +461,15 @@ class _Target:
                     return piece.reshape(shape[:-1] + (shape[-1] * DTYPE_BITS[t.dtype] // 8,))
                 return piece
             return piece.view(dt).reshape(t.shape)
+        import torch
+
         dt = _torch_dtype(t.dtype)
         piece = buf[b:e]
         item = DTYPE_BITS[t.dtype] // 8
         if (piece.data_ptr() % item) != 0:
             piece = piece.clone()  # misaligned for torch: one copy, same device
+        if dt.is_complex:  # view(dtype) does not change complex sizes: go through pairs
+            return torch.view_as_complex(piece.view(torch.float32).view(t.shape + (2,)))
         return piece.view(dt).view(t.shape)
 
 
@@ -795,8 +799,15 @@ def _tensor_entry(name: str, x: Any) -> Tuple[str, Tuple[int, ...], Any, int]:
         if code is None:
             raise ValueError(f"tensor {name!r}: torch dtype {x.dtype} has no safetensors dtype")
         x = x.detach().contiguous()
-        flat = x.reshape(-1).view(torch.uint8) if x.numel() else torch.empty(0, dtype=torch.uint8, device=x.device)
-        return code, tuple(x.shape), flat, x.numel() * x.element_size()
+        if x.is_complex():
+            x = torch.view_as_real(x)
+        flat = (
+            x.reshape(-1).view(torch.uint8)
+            if x.numel()
+            else torch.empty(0, dtype=torch.uint8, device=x.device)
+        )
+        shape = tuple(x.shape[:-1]) if code == "C64" else tuple(x.shape)
+        return code, shape, flat, x.numel() * x.element_size()
     raise TypeError(f"tensor {name!r}: save_file takes numpy arrays or torch tensors, not {type(x)}")
 
 

@@ -121,6 +121,7 @@ def _tensors(device: str) -> dict:
         "bool": torch.tensor([True, False, True]),
         "scalar": torch.tensor(3.5, dtype=torch.float64),
         "empty": torch.zeros(0, 4),
+        "c64": torch.randn(4, 2, dtype=torch.complex64, generator=g),
     }
     if hasattr(torch, "float8_e4m3fn"):
         t["fp8"] = torch.randn(16, generator=g).to(torch.float8_e4m3fn)
@@ -130,6 +131,8 @@ def _tensors(device: str) -> dict:
 
 def _same(a: Any, b: Any) -> None:
     assert a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
     assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
