@@ -546,6 +546,8 @@ def load_file(
     >>> t["lm_head.weight"].device
     device(type='cuda', index=0)
     """
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be at least 1")
     target = _Target(framework, device)
     path = os.fspath(filename)
     if os.path.isdir(path):
