@@ -190,3 +190,18 @@ def test_unsupported_objects() -> None:
             phxfs.inspect_buffer(obj)
     with pytest.raises(ValueError, match="unknown buffer protocol"):
         phxfs.inspect_buffer(bytearray(1), via="magic")
+
+
+class FailingCAI(DLPackOnly):
+    """torch raises from __cuda_array_interface__ for dtypes CAI cannot name
+    (float8) and for tensors that require grad; DLPack must then be used."""
+
+    @property
+    def __cuda_array_interface__(self) -> Any:
+        raise KeyError("torch.float8_e4m3fn")
+
+
+def test_failing_cai_falls_back_to_dlpack() -> None:
+    arr = np.zeros(12, np.uint8)
+    d = phxfs.inspect_buffer(FailingCAI(arr), writable=True)
+    assert (d["via"], d["ptr"], d["size"]) == ("dlpack", arr.ctypes.data, 12)
