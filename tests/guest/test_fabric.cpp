@@ -168,6 +168,7 @@ TEST_F(Fabric, DirectModeOnP2PDMAPagesFailsWithTheFabricAsReason) {
     EXPECT_EQ(got, -1);
     EXPECT_EQ(err, EREMOTEIO) << phxfs_last_error();
     const std::string msg = phxfs_last_error();
+    std::printf("FABRIC %s p2pdma pages: direct mode: %s\n", fabric(), msg.c_str());
     EXPECT_NE(msg.find(std::string("NVMe-oF (nvme-") + fabric() + ")"), std::string::npos) << msg;
     EXPECT_NE(msg.find("P2PDMA"), std::string::npos) << msg;
     EXPECT_EQ(msg.find("distance check"), std::string::npos) << msg;
