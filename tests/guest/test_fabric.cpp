@@ -7,11 +7,13 @@
 //   PHXFS_GUEST_DISK    the fabric namespace backed by the raw disk image
 //   PHXFS_GUEST_FS      ext4 mounted from the fabric namespace of the fs disk
 //   PHXFS_GUEST_FABRIC_COUNTER  a sysfs counter the transport moves
-//                       (bytes for tcp on lo, packets for soft-RoCE)
+//                       (bytes on lo for tcp, rxe0's received packets)
 //
 // Who moves the bytes is not assumed: every byte is checked by the host
-// against the disk image (HOSTCHECK), the fabric boot's QEMU trace must show
-// no NVMe DMA inside the BAR (check.py), and each test says which pages the
+// against the disk image (HOSTCHECK), the transport's counter must have
+// carried them, the fabric boot's QEMU trace must show no NVMe DMA inside
+// the BAR (check.py: nvmet stages through its own buffers, so the only DMA
+// master of the guest never reached the BAR), and each test says which pages the
 // device has: phxfs.ko's GENERIC pages are served (the transport copies
 // into them), the kernel's P2PDMA pages are refused by the fabric queue
 // (EREMOTEIO), so auto mode bounces and direct mode fails with the reason.
@@ -30,9 +32,21 @@ const char *fabric() {
     return f && *f ? f : nullptr;
 }
 
+// The transport's counter now; a test fails when it cannot be read.
 int64_t transport_counter() {
     const char *c = std::getenv("PHXFS_GUEST_FABRIC_COUNTER");
-    return c && *c ? read_number(c) : -1;
+    const int64_t v = c && *c ? read_number(c) : -1;
+    if (v < 0)
+        ADD_FAILURE() << "cannot read the transport counter " << (c ? c : "(unset)");
+    return v;
+}
+
+// What the counter must have moved by at least for len bytes: tcp counts
+// bytes on lo, soft-RoCE packets of at most 4 KiB of payload (dummy0 runs
+// at MTU 9000, rxe at its 4 KiB IB MTU).
+int64_t least_moved(uint64_t len) {
+    return std::string(fabric()) == "tcp" ? static_cast<int64_t>(len)
+                                          : static_cast<int64_t>(len / 4096);
 }
 
 class Fabric : public Guest {
@@ -41,6 +55,7 @@ class Fabric : public Guest {
         if (!fabric() || !raw_disk())
             GTEST_SKIP() << "the fabric boot only (tests/vm/fabric.sh)";
         Guest::SetUp();
+        up_ = true;
         p2p_ = p2pdma_pages();
     }
     void set_mode(uint32_t mode) {
@@ -51,8 +66,9 @@ class Fabric : public Guest {
         ASSERT_EQ(phxfs_set_config(&c), 0);
     }
     void TearDown() override {
-        if (fabric())
-            set_mode(PHXFS_MODE_AUTO);
+        if (!up_)
+            return; // skipped: nothing was opened
+        set_mode(PHXFS_MODE_AUTO);
         Guest::TearDown();
     }
     // Prints what a test saw, for the closing report (check.py echoes it).
@@ -62,7 +78,7 @@ class Fabric : public Guest {
                     static_cast<long long>(counter));
         std::fflush(stdout);
     }
-    bool p2p_ = false;
+    bool up_ = false, p2p_ = false;
 };
 
 // The disk under test is the fabric's, as the library sees it.
@@ -98,6 +114,7 @@ TEST_F(Fabric, ReadsAndWritesReachDeviceMemoryAsThePagesAllow) {
         ++requests;
     }
     const int64_t moved = transport_counter() - before;
+    EXPECT_GE(moved, least_moved(total)) << "the fabric did not carry the reads";
     phxfs_stats st = stats();
     EXPECT_EQ(st.path[PHXFS_PATH_DIRECT].read_bytes, p2p_ ? 0 : total);
     EXPECT_EQ(st.path[PHXFS_PATH_COMPAT].read_bytes, p2p_ ? total : 0);
@@ -116,6 +133,7 @@ TEST_F(Fabric, ReadsAndWritesReachDeviceMemoryAsThePagesAllow) {
     ASSERT_EQ(::fsync(fd), 0);
     ::close(fd);
     const int64_t moved_write = transport_counter() - before_write;
+    EXPECT_GE(moved_write, least_moved(len)) << "the fabric did not carry the write";
     hostcheck_bar(bar, disk, len);
     st = stats();
     EXPECT_EQ(st.path[PHXFS_PATH_DIRECT].write_bytes, p2p_ ? 0 : len);
@@ -124,26 +142,23 @@ TEST_F(Fabric, ReadsAndWritesReachDeviceMemoryAsThePagesAllow) {
     report("write", len, moved_write);
 }
 
-// The transport carried the bytes of a direct read: TCP's go through the
-// loopback interface, soft-RoCE's through rxe's packet counters.
+// The transport carried the bytes of an O_DIRECT read: TCP's go through
+// the loopback interface, soft-RoCE's through rxe's packet counters.
 TEST_F(Fabric, TheTransportCarriedTheBytes) {
     const int64_t before = transport_counter();
-    if (before < 0)
-        GTEST_SKIP() << "no transport counter (PHXFS_GUEST_FABRIC_COUNTER)";
     const uint64_t len = 4 << 20;
     auto [bar, disk] = ranges.take(len);
     disk_pattern(disk, len, 72);
     reg(bar, len);
     const int fd = ::open(raw_disk(), O_RDONLY | O_DIRECT);
+    ASSERT_GE(fd, 0) << raw_disk();
     ASSERT_EQ(phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, disk),
               static_cast<ssize_t>(len))
         << phxfs_last_error();
     ::close(fd);
     hostcheck_bar(bar, disk, len);
     const int64_t moved = transport_counter() - before;
-    // tcp counts bytes; soft-RoCE counts packets of at most 4 KiB of payload.
-    const int64_t least = std::string(fabric()) == "tcp" ? len : len / 4096;
-    EXPECT_GE(moved, least) << "the fabric did not carry the read";
+    EXPECT_GE(moved, least_moved(len)) << "the fabric did not carry the read";
     report("read (counter)", len, moved);
 }
 
@@ -155,6 +170,7 @@ TEST_F(Fabric, DirectModeOnP2PDMAPagesFailsWithTheFabricAsReason) {
     disk_pattern(disk, len, 73);
     reg(bar, len);
     const int fd = ::open(raw_disk(), O_RDONLY | O_DIRECT);
+    ASSERT_GE(fd, 0) << raw_disk();
     set_mode(PHXFS_MODE_DIRECT);
     errno = 0;
     const ssize_t got = phxfs_read({fd, 0}, reinterpret_cast<void *>(bar), 0, len, disk);

@@ -12,13 +12,12 @@
 #   fabric.sh RAW_DISK FS_DISK
 raw=$1 fsd=$2
 cfg=/sys/kernel/config/nvmet
-port_id=1
 
 result() { echo "RESULT $1 $2"; }
 
-# Exports $raw and $fsd as namespaces 1 and 2 of subsystem $nqn on a port.
+# Exports $raw and $fsd as namespaces 1 and 2 of subsystem $nqn on port $4.
 export_disks() {
-	local nqn=$1 trtype=$2 traddr=$3 s=$cfg/subsystems/$1 p=$cfg/ports/$port_id i=1 d
+	local nqn=$1 trtype=$2 traddr=$3 s=$cfg/subsystems/$1 p=$cfg/ports/$4 i=1 d
 	mkdir "$s" && echo 1 >"$s/attr_allow_any_host" || return 1
 	for d in "$raw" "$fsd"; do
 		mkdir "$s/namespaces/$i" && echo -n "$d" >"$s/namespaces/$i/device_path" &&
@@ -31,7 +30,7 @@ export_disks() {
 }
 
 unexport_disks() {
-	local nqn=$1 s=$cfg/subsystems/$1 p=$cfg/ports/$port_id i
+	local nqn=$1 s=$cfg/subsystems/$1 p=$cfg/ports/$2 i
 	rm -f "$p/subsystems/$nqn"
 	rmdir "$p" 2>/dev/null
 	for i in 1 2; do
@@ -43,48 +42,68 @@ unexport_disks() {
 	[ ! -e "$s" ] && [ ! -e "$p" ]
 }
 
-# Connects; prints the new controller's name (nvmeN).
+# Connects (in a subshell of its own: a failed redirection ends it); prints
+# the new controller's name (nvmeN), nothing when the connect failed.
 connect() {
-	local line
-	exec 3<>/dev/nvme-fabrics || return 1
-	echo "transport=$1,traddr=$2,trsvcid=4420,nqn=$3" >&3 || { exec 3>&-; return 1; }
-	read -r line <&3
-	exec 3>&-
-	line=${line#instance=}
-	echo "nvme${line%%,*}"
+	(
+		exec 3<>/dev/nvme-fabrics
+		echo "transport=$1,traddr=$2,trsvcid=4420,nqn=$3" >&3 || exit 1
+		read -r line <&3
+		line=${line#instance=}
+		case "$line" in [0-9]*) echo "nvme${line%%,*}" ;; esac
+	)
 }
 
 # The block device of each namespace of controller $1 (the multipath head
 # where the kernel makes one: nvme<subsys>c<ctrl>n<ns> -> nvme<subsys>n<ns>).
 namespaces() {
 	local n
-	for n in /sys/class/nvme/"$1"/nvme*; do
+	for n in /sys/class/nvme/"$1"/nvme[0-9]*n[0-9]*; do
 		n=${n##*/}
 		case "$n" in
-		*c*n*) echo "${n%%c*}n${n##*n}" ;;
-		*n*) echo "$n" ;;
+		nvme[0-9]*c[0-9]*n[0-9]*) echo "${n%%c*}n${n##*n}" ;;
+		nvme[0-9]*n[0-9]*) echo "$n" ;;
 		esac
 	done
 }
 
+# Whether every namespace of controller $1 is a block device yet (a
+# multipath head appears a little after its path).
+namespaces_ready() {
+	local ns n=0
+	for ns in $(namespaces "$1"); do
+		[ -n "$(cat "/sys/block/$ns/size" 2>/dev/null)" ] && [ -b "/dev/$ns" ] || return 1
+		n=$((n + 1))
+	done
+	[ "$n" = 2 ]
+}
+
+# Runs the tests over transport $1 (target address $2), the transport's
+# counter $3, BAR and disk ranges from $4 and $5, on port $6.
 run_transport() {
-	local t=$1 traddr=$2 counter=$3 nqn=nqn.2026-12.io.phxfs:fabric-$1 ctrl ns d fabraw= fabfs= i
-	if ! export_disks "$nqn" "$t" "$traddr"; then
+	local t=$1 traddr=$2 counter=$3 port=$6 nqn=nqn.2026-12.io.phxfs:fabric-$1 ctrl ns fabraw= fabfs= i
+	if ! export_disks "$nqn" "$t" "$traddr" "$port"; then
 		result "fabric_${t}_export" fail
-		unexport_disks "$nqn"
+		unexport_disks "$nqn" "$port"
 		return
 	fi
 	result "fabric_${t}_export" pass
 	ctrl=$(connect "$t" "$traddr" "$nqn")
-	for i in $(seq 50); do
+	if [ -z "$ctrl" ]; then
+		result "fabric_${t}_connect" fail
+		unexport_disks "$nqn" "$port"
+		return
+	fi
+	for i in $(seq 100); do
 		[ "$(cat "/sys/class/nvme/$ctrl/state" 2>/dev/null)" = live ] &&
-			[ "$(namespaces "$ctrl" | wc -l)" = 2 ] && break
+			namespaces_ready "$ctrl" && break
 		sleep 0.2
 	done
+	# Namespace 1 is the raw disk, 2 the ext4 one (export_disks).
 	for ns in $(namespaces "$ctrl"); do
-		case $(cat "/sys/block/$ns/size" 2>/dev/null) in
-		2097152) fabraw=/dev/$ns ;;
-		524288) fabfs=/dev/$ns ;;
+		case $(cat "/sys/block/$ns/nsid" 2>/dev/null) in
+		1) fabraw=/dev/$ns ;;
+		2) fabfs=/dev/$ns ;;
 		esac
 	done
 	echo "FABRIC $t controller $ctrl ($(cat "/sys/class/nvme/$ctrl/transport" 2>/dev/null)" \
@@ -98,8 +117,10 @@ run_transport() {
 	mkdir -p /mnt/fabric
 	if [ -n "$fabfs" ] && mount -t ext4 "$fabfs" /mnt/fabric; then
 		export PHXFS_GUEST_FS=/mnt/fabric
+		result "fabric_${t}_ext4_mount" pass
 	else
 		unset PHXFS_GUEST_FS
+		result "fabric_${t}_ext4_mount" fail
 	fi
 	if [ -n "$fabraw" ]; then
 		# GENERIC pages: the direct-path tests of test_direct.cpp as well,
@@ -116,7 +137,7 @@ run_transport() {
 	umount /mnt/fabric 2>/dev/null
 	[ -n "$ctrl" ] && echo 1 >"/sys/class/nvme/$ctrl/delete_controller"
 	for i in $(seq 50); do [ -e "/sys/class/nvme/$ctrl" ] || break; sleep 0.2; done
-	if [ ! -e "/sys/class/nvme/$ctrl" ] && unexport_disks "$nqn"; then
+	if [ ! -e "/sys/class/nvme/$ctrl" ] && unexport_disks "$nqn" "$port"; then
 		result "fabric_${t}_teardown" pass
 	else
 		result "fabric_${t}_teardown" fail
@@ -129,17 +150,19 @@ ip link set lo up
 # no P2PDMA pages): the P2PDMA kernel's, as Guest.InfoReportsThePageType
 # checks against the module.
 case "$(uname -r)" in *p2pdma*) echo p2pdma >/pagetype ;; *) echo generic >/pagetype ;; esac
+echo "FABRICS $(cat /fabrics)"
 for t in $(cat /fabrics); do
 	case $t in
-	tcp) run_transport tcp 127.0.0.1 /sys/class/net/lo/statistics/rx_bytes 0 0 ;;
+	tcp) run_transport tcp 127.0.0.1 /sys/class/net/lo/statistics/rx_bytes 0 0 1 ;;
 	rdma)
-		ip link set dummy0 up && ip addr add 10.99.0.1/24 dev dummy0 &&
-			rdma link add rxe0 type rxe netdev dummy0
+		# MTU 9000: rxe's 4 KiB IB MTU, a quarter of the packets of 1500's.
+		ip link set dummy0 mtu 9000 && ip link set dummy0 up &&
+			ip addr add 10.99.0.1/24 dev dummy0 && rdma link add rxe0 type rxe netdev dummy0
 		if [ -d /sys/class/infiniband/rxe0 ]; then
 			result fabric_rdma_soft_roce pass
 			run_transport rdma 10.99.0.1 \
 				/sys/class/infiniband/rxe0/ports/1/hw_counters/rcvd_pkts \
-				$((256 << 20)) $((512 << 20))
+				$((256 << 20)) $((512 << 20)) 2
 			rdma link delete rxe0
 		else
 			result fabric_rdma_soft_roce fail
