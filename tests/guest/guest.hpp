@@ -72,6 +72,21 @@ inline int map_ioctl(int fd, unsigned long cmd, uint64_t dev, uint64_t len, cons
     return ::ioctl(fd, cmd, &r) < 0 ? errno : 0;
 }
 
+// What cmd (a shell command line) prints on stdout, and its wait status.
+inline std::string command_output(const std::string &cmd, int *status) {
+    std::string out;
+    FILE *p = ::popen(cmd.c_str(), "r");
+    if (!p) {
+        *status = -1;
+        return out;
+    }
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p))
+        out += buf;
+    *status = ::pclose(p);
+    return out;
+}
+
 // A number in a sysfs/debugfs file, -1 if it cannot be read.
 inline int64_t read_number(const std::string &path) {
     std::ifstream in(path);

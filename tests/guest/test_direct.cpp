@@ -358,13 +358,9 @@ TEST(Check, NamesTheDistanceVerdictPerDisk) {
     const char *far = std::getenv("PHXFS_GUEST_FAR_DISK");
     if (!p2pdma_pages() || !far || !*far)
         GTEST_SKIP() << "P2PDMA kernel with a disk across the root complex only";
-    FILE *p = ::popen("phxfs-check 2>&1", "r");
-    ASSERT_NE(p, nullptr);
-    std::string out;
-    char buf[512];
-    while (std::fgets(buf, sizeof buf, p))
-        out += buf;
-    EXPECT_EQ(::pclose(p), 0) << out;
+    int status = 0;
+    const std::string out = command_output("phxfs-check 2>&1", &status);
+    EXPECT_EQ(status, 0) << out;
     // "nvmeN (bdf): relation" then "  P2PDMA: verdict", per controller.
     const std::string name = far + 5; // "/dev/nvme2n1": namespace 1 of controller nvme2
     const std::string ctrl = name.substr(0, name.rfind('n'));
