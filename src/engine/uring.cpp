@@ -192,6 +192,12 @@ void Ring::broke(Piece *pieces, size_t n, size_t next, int err) {
         p.outcome = i < next ? Piece::Outcome::in_doubt : Piece::Outcome::failed;
         p.err = err;
     }
+    // EBADF or EOPNOTSUPP: the descriptor is no longer this ring's (closed
+    // under us, say by a program closing every descriptor; its number may
+    // be another file's by now), so it is not ours to close. The ring's
+    // memory still is.
+    if (err == EBADF || err == EOPNOTSUPP)
+        ring_.ring_fd = -1;
     close(); // the kernel finishes what it has in the background
 }
 

@@ -179,6 +179,33 @@ TEST_F(Ring, ForkedChildMakesARingOfItsOwn) {
     EXPECT_EQ(first_mismatch(p[0].buf, p[0].n, p[0].off, 9), p[0].n);
 }
 
+// A program that closes every descriptor closes the ring's too, and by the
+// next run its number may be another file's: the ring is found broken
+// before it took anything (every piece failed, none in doubt, for its caller
+// to run alone), the other file stays open, and the run after makes a new
+// ring.
+TEST_F(Ring, DescriptorClosedUnderItIsNotClosedAgain) {
+    constexpr size_t kN = 8;
+    const int fd = pattern("data", kN * kSlot, 30);
+    auto buf = host_buffer(kN * kSlot);
+    auto p = shuffled_pieces(fd, false, buf.get(), kN, 31);
+    ASSERT_TRUE(uring::run(p.data(), p.size()));
+    const std::vector<int> rings = ring_fds();
+    ASSERT_EQ(rings.size(), 1u);
+    ASSERT_EQ(::close(rings[0]), 0);
+    const int other = ::open("/dev/null", O_RDONLY);
+    ASSERT_EQ(other, rings[0]) << "the lowest free number";
+    std::memset(buf.get(), 0xAA, kN * kSlot);
+    ASSERT_TRUE(uring::run(p.data(), p.size()));
+    EXPECT_EQ(count_of(p, Outcome::failed), kN);
+    EXPECT_EQ(p[0].err, EOPNOTSUPP) << std::strerror(p[0].err);
+    EXPECT_EQ(buf[0], 0xAA);
+    EXPECT_GE(::fcntl(other, F_GETFD), 0) << "the other file's descriptor was closed";
+    ASSERT_TRUE(uring::run(p.data(), p.size()));
+    EXPECT_EQ(count_of(p, Outcome::done), kN);
+    ::close(other);
+}
+
 // Depth 0 turns io_uring off: run() declines and moves nothing (its caller
 // then runs each request alone, as before io_uring); back on, it runs.
 TEST_F(Ring, DepthZeroTurnsItOffAndBackOn) {

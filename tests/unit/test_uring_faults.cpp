@@ -112,7 +112,7 @@ TEST_F(RingFaults, FailedCompletionFailsItsPieceAlone) {
     }
 }
 
-// The ring breaks (io_uring_enter fails with EBADF) while a read of an empty
+// The ring breaks (io_uring_enter fails with ENOMEM) while a read of an empty
 // pipe, which never completes, and file reads are in flight, with more
 // queued and more waiting: the pipe read (and any file read not yet
 // completed) is in doubt, what the kernel had not taken and what was never
@@ -127,12 +127,12 @@ TEST_F(RingFaults, BrokenRingDoubtsOnlyWhatItHad) {
     auto buf = host_buffer(kN * kSlot);
     auto p = shuffled_pieces(fd, false, buf.get(), kN, 28);
     p[0].fd = pipe_fds[0];
-    p[0].off = UINT64_MAX;                        // -1: a pipe has no offsets
-    fault::arm(Site::uring_enter, {EBADF}, 1, 1); // the second io_uring_enter
+    p[0].off = UINT64_MAX;                         // -1: a pipe has no offsets
+    fault::arm(Site::uring_enter, {ENOMEM}, 1, 1); // the second io_uring_enter
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     EXPECT_EQ(fault::hits(Site::uring_enter), 1u);
     EXPECT_EQ(p[0].outcome, Outcome::in_doubt);
-    EXPECT_EQ(p[0].err, EBADF);
+    EXPECT_EQ(p[0].err, ENOMEM);
     EXPECT_EQ(count_of(p, Outcome::not_run), 0u);
     // Pieces 16.. were queued after the first completions or never: the
     // kernel never took them.
@@ -141,7 +141,7 @@ TEST_F(RingFaults, BrokenRingDoubtsOnlyWhatItHad) {
     for (size_t i = 1; i < kN; ++i) {
         const Piece &x = p[i];
         if (x.outcome == Outcome::failed) {
-            EXPECT_EQ(x.err, EBADF) << i;
+            EXPECT_EQ(x.err, ENOMEM) << i;
             EXPECT_GE(i, kDepth) << "piece " << i << " was taken";
             EXPECT_EQ(x.buf[0], static_cast<char>(0xAA)) << "failed piece " << i << " ran";
         } else if (x.outcome == Outcome::done) {
