@@ -224,12 +224,18 @@ TEST(UringBatch, SmallDirectRequestsRunThroughTheRing) {
                          kReadFrom + from[i] * kSlot, reinterpret_cast<void *>(i)});
     reads.push_back({fh, PHXFS_OP_READ, 0, reinterpret_cast<void *>(kBadBar), 0, 4096, kReadFrom,
                      reinterpret_cast<void *>(kBad)});
+    const auto t0 = std::chrono::steady_clock::now();
     run(reads);
+    const auto t1 = std::chrono::steady_clock::now();
     std::vector<phxfs_io> writes;
     for (size_t i = 0; i < kWrites; ++i)
         writes.push_back({fh, PHXFS_OP_WRITE, 0, reinterpret_cast<void *>(kBar), i * kSlot, len[i],
                           kWriteTo + to[i] * kSlot, reinterpret_cast<void *>(i)});
     run(writes);
+    const auto t2 = std::chrono::steady_clock::now();
+    auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+    std::printf("batch of %zu reads: %.1f ms, of %zu writes: %.1f ms (TCG)\n", reads.size(),
+                ms(t1 - t0), writes.size(), ms(t2 - t1));
 
     ::dup2(stderr_fd, 2);
     ::close(stderr_fd);

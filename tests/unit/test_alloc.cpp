@@ -84,9 +84,7 @@ TEST_F(Alloc, WarmBatchesAllocateNothingPerRequest) {
 // its pieces are the caller's, its ring made once per thread.
 TEST_F(RingTest, WarmRingAllocatesNothing) {
     constexpr size_t kN = 600;
-    const int fd = pattern("data", kN * kSlot, 3);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 4);
+    auto p = reads("data", kN, 3);
     ASSERT_TRUE(phxfs::core::uring::run(p.data(), p.size())); // makes the ring
     const uint64_t before = news.load();
     for (int r = 0; r < 5; ++r)

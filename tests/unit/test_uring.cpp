@@ -100,9 +100,7 @@ TEST_F(Ring, ShortAtEndOfFile) {
 // the others land.
 TEST_F(Ring, BadPiecesFailAlone) {
     constexpr size_t kN = 64;
-    const int fd = pattern("data", kN * kSlot, 7);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 13);
+    auto p = reads("data", kN, 7);
     p[10].fd = 1 << 20;
     p[20].write = true;
     p[30].off += 1;
@@ -126,16 +124,14 @@ TEST_F(Ring, BadPiecesFailAlone) {
 // thread ends.
 TEST_F(Ring, OneRingPerThreadGoneWithIt) {
     constexpr size_t kN = 32;
-    const int fd = pattern("data", kN * kSlot, 8);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 14);
+    auto p = reads("data", kN, 8);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     const size_t mine = ring_fds().size();
     ASSERT_GE(mine, 1u);
     size_t during = 0;
     bool ran = false;
     std::thread t([&] {
-        auto q = shuffled_pieces(fd, false, buf.get(), kN, 15);
+        auto q = shuffled_pieces(fd_, false, buf_.get(), kN, 15);
         ran = uring::run(q.data(), q.size()) && count_of(q, Outcome::done) == kN;
         during = ring_fds().size();
     });
@@ -149,9 +145,7 @@ TEST_F(Ring, OneRingPerThreadGoneWithIt) {
 // uses it; the parent's ring works on after the child is gone.
 TEST_F(Ring, ForkedChildMakesARingOfItsOwn) {
     constexpr size_t kN = 64;
-    const int fd = pattern("data", kN * kSlot, 9);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 16);
+    auto p = reads("data", kN, 9);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     ASSERT_FALSE(ring_fds().empty());
     const pid_t pid = ::fork();
@@ -160,7 +154,7 @@ TEST_F(Ring, ForkedChildMakesARingOfItsOwn) {
         ::alarm(20);
         if (!ring_fds().empty())
             ::_exit(2); // the parent's ring is open here
-        std::memset(buf.get(), 0, kN * kSlot);
+        std::memset(buf_.get(), 0, kN * kSlot);
         if (!uring::run(p.data(), p.size()))
             ::_exit(3);
         for (const Piece &x : p)
@@ -173,7 +167,7 @@ TEST_F(Ring, ForkedChildMakesARingOfItsOwn) {
     ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
     EXPECT_EQ(WEXITSTATUS(status), 0) << "2: parent's ring open in the child, 3: no ring, "
                                          "4: a piece failed, 5: not exactly one ring";
-    std::memset(buf.get(), 0, kN * kSlot);
+    std::memset(buf_.get(), 0, kN * kSlot);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     EXPECT_EQ(count_of(p, Outcome::done), kN);
     EXPECT_EQ(first_mismatch(p[0].buf, p[0].n, p[0].off, 9), p[0].n);
@@ -186,20 +180,18 @@ TEST_F(Ring, ForkedChildMakesARingOfItsOwn) {
 // ring.
 TEST_F(Ring, DescriptorClosedUnderItIsNotClosedAgain) {
     constexpr size_t kN = 8;
-    const int fd = pattern("data", kN * kSlot, 30);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 31);
+    auto p = reads("data", kN, 30);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     const std::vector<int> rings = ring_fds();
     ASSERT_EQ(rings.size(), 1u);
     ASSERT_EQ(::close(rings[0]), 0);
     const int other = ::open("/dev/null", O_RDONLY);
     ASSERT_EQ(other, rings[0]) << "the lowest free number";
-    std::memset(buf.get(), 0xAA, kN * kSlot);
+    std::memset(buf_.get(), 0xAA, kN * kSlot);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     EXPECT_EQ(count_of(p, Outcome::failed), kN);
     EXPECT_EQ(p[0].err, EOPNOTSUPP) << std::strerror(p[0].err);
-    EXPECT_EQ(buf[0], 0xAA);
+    EXPECT_EQ(buf_[0], 0xAA);
     EXPECT_GE(::fcntl(other, F_GETFD), 0) << "the other file's descriptor was closed";
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     EXPECT_EQ(count_of(p, Outcome::done), kN);

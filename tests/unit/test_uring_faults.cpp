@@ -29,14 +29,12 @@ class RingFaults : public RingTest {
 // it) is for good in that process: checked in a child of fork().
 TEST_F(RingFaults, NoRingRunsNothing) {
     constexpr size_t kN = 8;
-    const int fd = pattern("data", kN * kSlot, 20);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 21);
+    auto p = reads("data", kN, 20);
     std::thread([&] { // a thread with no ring yet
         fault::arm(Site::uring_setup, {ENOMEM});
         EXPECT_FALSE(uring::run(p.data(), p.size()));
         EXPECT_EQ(count_of(p, Outcome::not_run), kN);
-        EXPECT_EQ(buf[0], 0xAA);
+        EXPECT_EQ(buf_[0], 0xAA);
         EXPECT_TRUE(uring::run(p.data(), p.size()));
         EXPECT_EQ(count_of(p, Outcome::done), kN);
     })
@@ -98,9 +96,7 @@ TEST_F(RingFaults, ShortAndInterruptedCompletionsGoOn) {
 // fails alone, with nothing of it in flight, for its caller to run again.
 TEST_F(RingFaults, FailedCompletionFailsItsPieceAlone) {
     constexpr size_t kN = 48;
-    const int fd = pattern("data", kN * kSlot, 25);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 26);
+    auto p = reads("data", kN, 25);
     fault::arm(Site::uring_cqe, {EAGAIN}, 5, 1);
     ASSERT_TRUE(uring::run(p.data(), p.size()));
     EXPECT_EQ(count_of(p, Outcome::done), kN - 1);
@@ -121,11 +117,9 @@ TEST_F(RingFaults, FailedCompletionFailsItsPieceAlone) {
 TEST_F(RingFaults, BrokenRingDoubtsOnlyWhatItHad) {
     constexpr size_t kN = 40, kDepth = 16;
     depth(kDepth);
-    const int fd = pattern("data", kN * kSlot, 27);
+    auto p = reads("data", kN, 27);
     int pipe_fds[2];
     ASSERT_EQ(::pipe(pipe_fds), 0);
-    auto buf = host_buffer(kN * kSlot);
-    auto p = shuffled_pieces(fd, false, buf.get(), kN, 28);
     p[0].fd = pipe_fds[0];
     p[0].off = UINT64_MAX;                         // -1: a pipe has no offsets
     fault::arm(Site::uring_enter, {ENOMEM}, 1, 1); // the second io_uring_enter
@@ -150,7 +144,7 @@ TEST_F(RingFaults, BrokenRingDoubtsOnlyWhatItHad) {
     }
     std::printf("done %zu, in doubt %zu, failed %zu\n", count_of(p, Outcome::done),
                 count_of(p, Outcome::in_doubt), count_of(p, Outcome::failed));
-    auto q = shuffled_pieces(fd, false, buf.get(), kN, 29);
+    auto q = shuffled_pieces(fd_, false, buf_.get(), kN, 29);
     ASSERT_TRUE(uring::run(q.data(), q.size())) << "a new ring";
     EXPECT_EQ(count_of(q, Outcome::done), kN);
     ::close(pipe_fds[0]);

@@ -67,6 +67,13 @@ class RingTest : public ::testing::Test {
         make_pattern_file(path, n, seed);
         return open_direct(path, flags);
     }
+    // n pieces reading a pattern file of their own (name, seed) into buf_,
+    // whose slot i is piece i's; the file is fd_.
+    std::vector<Piece> reads(const char *name, size_t n, uint64_t seed) {
+        fd_ = pattern(name, n * kSlot, seed);
+        buf_ = host_buffer(n * kSlot);
+        return shuffled_pieces(fd_, false, buf_.get(), n, static_cast<unsigned>(seed) + 100);
+    }
     // An empty file opened for writing with O_DIRECT.
     int empty(const char *name) { return open_direct(dir_.file(name), O_RDWR | O_CREAT); }
     int open_direct(const std::string &path, int flags) {
@@ -77,6 +84,8 @@ class RingTest : public ::testing::Test {
     }
     TempDir dir_;
     std::vector<int> fds_;
+    int fd_ = -1;
+    std::unique_ptr<uint8_t[], FreeDeleter> buf_;
     phxfs::core::Config saved_;
 };
 
