@@ -2,8 +2,7 @@
 // ordinary O_DIRECT files: hundreds of pieces through a ring of 128 (and of
 // 3), short reads at end of file, bad pieces failing alone, a ring per
 // thread and per process (a child of fork() makes its own), and the switch
-// that turns io_uring off (PHXFS_URING_DEPTH=0), both ways.
-#include "core/error.hpp"
+// that turns io_uring off (depth 0), both ways.
 #include "uring_util.hpp"
 
 #include <dirent.h>
@@ -219,22 +218,9 @@ TEST_F(Ring, DepthZeroTurnsItOffAndBackOn) {
     EXPECT_EQ(st.st_size, static_cast<off_t>(kN * kSlot));
 }
 
-// PHXFS_URING_DEPTH sets the depth (0: off; 128 unset); a bad value is
-// refused; phxfs_set_config, which does not carry it, leaves it as it is.
-TEST_F(Ring, DepthFromTheEnvironmentAndKeptBySetConfig) {
-    const char *old = std::getenv("PHXFS_URING_DEPTH");
-    const std::string saved = old ? old : "";
-    ::unsetenv("PHXFS_URING_DEPTH");
-    EXPECT_EQ(core::config_from_env().uring_depth, 128u);
-    ::setenv("PHXFS_URING_DEPTH", "0", 1);
-    EXPECT_EQ(core::config_from_env().uring_depth, 0u);
-    ::setenv("PHXFS_URING_DEPTH", "64", 1);
-    EXPECT_EQ(core::config_from_env().uring_depth, 64u);
-    for (const char *bad : {"5000", "many", "-1"}) {
-        ::setenv("PHXFS_URING_DEPTH", bad, 1);
-        EXPECT_THROW(core::config_from_env(), core::Error) << bad;
-    }
-    old ? ::setenv("PHXFS_URING_DEPTH", saved.c_str(), 1) : ::unsetenv("PHXFS_URING_DEPTH");
+// phxfs_set_config, whose struct does not carry the depth
+// (PHXFS_URING_DEPTH, test_env.cpp), leaves it as it is.
+TEST_F(Ring, SetConfigKeepsTheDepth) {
     depth(7);
     phxfs_config c{};
     c.size = sizeof c;
