@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/trace.hpp"
 #include "engine/direct.hpp"
+#include "engine/disk.hpp"
 #include "engine/uring.hpp"
 
 #include <algorithm>
@@ -21,14 +22,21 @@ bool refused_direct(int err) {
     return err == EINVAL || err == EFAULT || err == EOPNOTSUPP || err == EREMOTEIO;
 }
 
-// What the kernel's refusal means, for the trace and for direct mode.
-std::string refusal(const Error &e) {
-    if (e.err() == EREMOTEIO)
-        return std::string("the kernel's P2P distance check refuses DMA between this disk and "
-                           "the device's P2PDMA pages (no common PCIe switch or whitelisted "
-                           "host bridge): ") +
+// What the kernel's refusal means, for the trace and for direct mode. Only
+// a PCIe NVMe queue takes P2PDMA pages, and then only where the distance
+// check passes; a fabric disk (NVMe-oF) refuses them whatever the distance.
+std::string refusal(const Error &e, const File &file) {
+    if (e.err() != EREMOTEIO)
+        return std::string("the kernel refused O_DIRECT on the mapping: ") + e.what();
+    if (const DiskInfo d = disk_of_fd(file.fd()); d.fabric())
+        return d.disk + " is reached over NVMe-oF (" + fabric_name(d) +
+               "), whose queues take none of the device's P2PDMA pages (only a PCIe NVMe "
+               "queue can DMA peer to peer): " +
                e.what();
-    return std::string("the kernel refused O_DIRECT on the mapping: ") + e.what();
+    return std::string("the kernel's P2P distance check refuses DMA between this disk and "
+                       "the device's P2PDMA pages (no common PCIe switch or whitelisted "
+                       "host bridge): ") +
+           e.what();
 }
 
 // How a request divides: [ma, mb) by the direct path through dfd, the rest
@@ -247,14 +255,14 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
             // system without direct I/O for this file, GUP refusing device
             // pages on a P2PDMA kernel): auto mode bounces the segment.
             if (seg.direct && mode == PHXFS_MODE_DIRECT && e.err() == EREMOTEIO)
-                fail(EREMOTEIO, "direct mode: " + refusal(e));
+                fail(EREMOTEIO, "direct mode: " + refusal(e, file));
             if (!seg.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
                 throw;
             if (!fell_back)
                 stats.fallback(); // one per request
             fell_back = true;
             sp.why = Split::Why::refused;
-            sp.refused = refusal(e);
+            sp.refused = refusal(e, file);
             check_compat_reach(file, write, seg.a, seg.b, seg.a, seg.a);
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);

@@ -2,10 +2,13 @@
 // configuration, the kernel module, the devices, and for each PATH given the
 // file system, whether O_DIRECT works there, and so which path a read takes.
 #include "../gpu_memory.hpp"
+#include "engine/disk.hpp"
 #include "platform.hpp"
 #include "probe.hpp"
 
 #include <phxfs/phxfs.h>
+
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -47,11 +50,30 @@ const char *page_type_name(uint32_t t) {
     }
 }
 
+// Why a fabric disk cannot take P2PDMA pages, and what happens instead.
+std::string fabric_refusal(const std::string &fabric) {
+    return "refused: " + fabric +
+           " queues take no P2PDMA pages (O_DIRECT fails with "
+           "EREMOTEIO); libphxfs moves the bytes through staging (auto mode)";
+}
+
+// Who moves the bytes of a direct read from a disk reached over fabric.
+std::string fabric_mover(const std::string &transport) {
+    if (transport == "tcp")
+        return "the kernel's TCP receive path copies them into device memory with the CPU";
+    if (transport == "rdma")
+        return "the RDMA NIC DMAs them into device memory (soft-RoCE, rdma_rxe, copies them "
+               "with the CPU)";
+    return "the " + transport + " transport delivers them";
+}
+
 // What the kernel's P2P distance check will say to a disk, for a device
 // with P2PDMA pages ("" for other pages: phxfs.ko does no such check).
 std::string p2pdma_verdict(uint32_t page_type, const phxcheck::PciPeer &p) {
     if (page_type != PHXFS_PAGES_P2PDMA)
         return "";
+    if (p.transport != "pcie")
+        return fabric_refusal("nvme-" + p.transport);
     if (p.common_bridge)
         return "the kernel's distance check passes (a bridge above both): direct";
     return "the kernel's distance check passes only through a whitelisted host bridge (AMD "
@@ -59,8 +81,10 @@ std::string p2pdma_verdict(uint32_t page_type, const phxcheck::PciPeer &p) {
            "moves the bytes through staging (auto mode; PHXFS_TRACE=stderr shows it)";
 }
 
-// Which path a read of a file on `fs` into memory of `dev` takes, and why.
-json predict(const phxcheck::FsInfo &fs, const json &dev, uint32_t mode) {
+// Which path a read of a file on `fs` (on `disk`) into memory of `dev`
+// takes, and why.
+json predict(const phxcheck::FsInfo &fs, const phxfs::core::DiskInfo &disk, const json &dev,
+             uint32_t mode) {
     const bool direct_dev = dev.value("direct", false);
     const std::string id = "device " + std::to_string(dev.value("id", 0));
     if (mode == PHXFS_MODE_COMPAT)
@@ -70,12 +94,27 @@ json predict(const phxcheck::FsInfo &fs, const json &dev, uint32_t mode) {
         why = id + ": " + dev.value("why_not_direct", std::string("no direct path"));
     else if (!fs.o_direct)
         why = "O_DIRECT does not work on this " + fs.fs_type + " (" + fs.o_direct_detail + ")";
+    else if (disk.fabric() && dev.value("page_type", std::string()) == "p2pdma")
+        why = disk.disk + ": " + fabric_refusal(phxfs::core::fabric_name(disk));
+    if (why.empty() && disk.fabric())
+        return {{"path", "direct"},
+                {"reason", id + " has the direct path and O_DIRECT works on " + fs.fs_type + "; " +
+                               disk.disk + " is reached over " + phxfs::core::fabric_name(disk) +
+                               ": " + fabric_mover(disk.transport)}};
     if (why.empty())
         return {{"path", "direct"},
                 {"reason", id + " has the direct path and O_DIRECT works on " + fs.fs_type}};
     if (mode == PHXFS_MODE_DIRECT)
         return {{"path", "none"}, {"reason", "direct mode fails with ENOTSUP: " + why}};
     return {{"path", "compat"}, {"reason", why}};
+}
+
+// The disk a path lives on: a block device node's own, else its file system's.
+phxfs::core::DiskInfo disk_of_path(const std::string &path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        return {};
+    return phxfs::core::disk_info(S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev);
 }
 
 std::string mib(uint64_t n) {
@@ -172,6 +211,14 @@ void print_text(const json &j) {
                     p["fs_magic"].get<std::string>().c_str(),
                     p["o_direct"].get<bool>() ? "works" : "fails",
                     p["o_direct_detail"].get<std::string>().c_str());
+        const json &dk = p["disk"];
+        if (!dk["name"].get<std::string>().empty())
+            std::printf("  disk: %s%s%s%s\n", dk["name"].get<std::string>().c_str(),
+                        dk["transport"].get<std::string>().empty() ? "" : ", NVMe over ",
+                        dk["transport"].get<std::string>().c_str(),
+                        dk["address"].get<std::string>().empty()
+                            ? ""
+                            : (" (" + dk["address"].get<std::string>() + ")").c_str());
         const json &r = p["read"];
         std::printf("  a read into device %d memory would take: %s (%s)\n", r["device"].get<int>(),
                     r["path"].get<std::string>().c_str(), r["reason"].get<std::string>().c_str());
@@ -258,6 +305,7 @@ int main(int argc, char **argv) {
             peers.push_back({{"name", p.name},
                              {"bus_id", p.bus_id},
                              {"relation", p.relation},
+                             {"transport", p.transport},
                              {"p2p_likely", p.p2p_likely},
                              {"p2pdma_distance", p2pdma_verdict(info.page_type, p)}});
         devices.back()["pci"] = pci.error.empty() ? json{{"bar1_bytes", pci.bar1_bytes},
@@ -285,15 +333,19 @@ int main(int argc, char **argv) {
         }
         char magic[24];
         std::snprintf(magic, sizeof magic, "0x%llx", static_cast<unsigned long long>(fs.magic));
-        json r = predict(fs, devices[device], cfg.mode);
+        const phxfs::core::DiskInfo disk = disk_of_path(p);
+        json r = predict(fs, disk, devices[device], cfg.mode);
         r["device"] = device;
-        jp.push_back({{"path", p},
-                      {"is_dir", fs.is_dir},
-                      {"fs_type", fs.fs_type},
-                      {"fs_magic", magic},
-                      {"o_direct", fs.o_direct},
-                      {"o_direct_detail", fs.o_direct_detail},
-                      {"read", r}});
+        jp.push_back(
+            {{"path", p},
+             {"is_dir", fs.is_dir},
+             {"fs_type", fs.fs_type},
+             {"fs_magic", magic},
+             {"o_direct", fs.o_direct},
+             {"o_direct_detail", fs.o_direct_detail},
+             {"disk",
+              {{"name", disk.disk}, {"transport", disk.transport}, {"address", disk.address}}},
+             {"read", r}});
     }
     j["paths"] = jp;
 

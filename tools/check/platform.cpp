@@ -104,11 +104,19 @@ PciDeviceInfo probe_pci(const std::string &bus_id) {
     const auto gpu = pci_chain(dev);
     for (const auto &e : fs::directory_iterator("/sys/class/nvme", ec)) {
         const auto chain = pci_chain(e.path() / "device");
-        if (chain.empty())
-            continue; // NVMe over fabrics: no PCI device
-        PciPeer p = relate(gpu, chain);
+        PciPeer p;
+        if (chain.empty()) { // NVMe over fabrics: no PCI device of its own
+            p.transport = read_line(e.path() / "transport");
+            if (p.transport.empty())
+                continue;
+            p.bus_id = read_line(e.path() / "address");
+            p.relation = "over NVMe-oF (nvme-" + p.transport + "): no PCIe path to the device";
+        } else {
+            p = relate(gpu, chain);
+            p.transport = "pcie";
+            p.bus_id = chain.back();
+        }
         p.name = e.path().filename().string();
-        p.bus_id = chain.back();
         info.nvme.push_back(p);
     }
     return info;

@@ -25,6 +25,7 @@ struct PciPeer {
     std::string relation; // "same PCIe switch", "same root port", "same host bridge", ...
     bool p2p_likely = false;
     bool common_bridge = false; // a root port or switch above both: no host bridge between
+    std::string transport;      // "pcie", or the fabric of an NVMe-oF controller ("tcp", ...)
 };
 
 struct PciDeviceInfo {
@@ -32,7 +33,7 @@ struct PciDeviceInfo {
     std::string error;            // the device is not in sysfs
     uint64_t bar1_bytes = 0;      // BAR1: where NVIDIA GPUs expose their memory
     std::string iommu_group_type; // "identity", "DMA", ... or "" without an IOMMU
-    std::vector<PciPeer> nvme;    // every NVMe controller and how far it is
+    std::vector<PciPeer> nvme;    // every NVMe controller and how far it is (fabric ones too)
 };
 PciDeviceInfo probe_pci(const std::string &bus_id);
 
