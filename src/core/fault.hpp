@@ -25,6 +25,7 @@ enum class Site : unsigned {
     dio_align,     // the file's direct-I/O alignment statx reports: max_bytes
     uring_setup,   // making a thread's io_uring ring: fails with err
     uring_enter,   // io_uring_enter submitting and waiting: fails with err
+    uring_wait,    // the same, failing with err once what was queued is submitted
     uring_cqe,     // an io_uring completion: its result becomes -err, or at most max_bytes
     count,
 };

@@ -210,10 +210,14 @@ void Ring::run(Piece *pieces, size_t n) {
         if (!flying)
             break;
         int r;
-        if (auto f = fault::at(fault::Site::uring_enter); f && f->err)
+        if (auto f = fault::at(fault::Site::uring_enter); f && f->err) {
             r = -f->err;
-        else
+        } else if (auto w = fault::at(fault::Site::uring_wait); w && w->err) {
+            (void)io_uring_submit(&ring_);
+            r = -w->err;
+        } else {
             r = io_uring_submit_and_wait(&ring_, 1);
+        }
         if (r == -EINTR)
             continue;
         // Out of kernel memory or completion space: wait for what is in

@@ -108,47 +108,53 @@ TEST_F(RingFaults, FailedCompletionFailsItsPieceAlone) {
     }
 }
 
-// The ring breaks (io_uring_enter fails with ENOMEM) while a read of an empty
-// pipe, which never completes, and file reads are in flight, with more
-// queued and more waiting: the pipe read (and any file read not yet
-// completed) is in doubt, what the kernel had not taken and what was never
-// queued failed untouched, what completed counts. The next run makes a new
-// ring.
+// The ring breaks: io_uring_enter fails (ENOMEM) before it submits (the
+// second call: pieces were queued after the first completions) or once it
+// has (the first call), with a read of an empty pipe, which never
+// completes, and file reads in flight. The pipe read (and any file read not
+// yet completed) is in doubt; what the kernel had not taken and what was
+// never queued failed, untouched; what completed counts. The next run makes
+// a new ring.
 TEST_F(RingFaults, BrokenRingDoubtsOnlyWhatItHad) {
     constexpr size_t kN = 40, kDepth = 16;
     depth(kDepth);
-    auto p = reads("data", kN, 27);
-    int pipe_fds[2];
-    ASSERT_EQ(::pipe(pipe_fds), 0);
-    p[0].fd = pipe_fds[0];
-    p[0].off = UINT64_MAX;                         // -1: a pipe has no offsets
-    fault::arm(Site::uring_enter, {ENOMEM}, 1, 1); // the second io_uring_enter
-    ASSERT_TRUE(uring::run(p.data(), p.size()));
-    EXPECT_EQ(fault::hits(Site::uring_enter), 1u);
-    EXPECT_EQ(p[0].outcome, Outcome::in_doubt);
-    EXPECT_EQ(p[0].err, ENOMEM);
-    EXPECT_EQ(count_of(p, Outcome::not_run), 0u);
-    // Pieces 16.. were queued after the first completions or never: the
-    // kernel never took them.
-    EXPECT_EQ(count_of(p, Outcome::failed), kN - kDepth);
-    EXPECT_EQ(count_of(p, Outcome::done) + count_of(p, Outcome::in_doubt), kDepth);
-    for (size_t i = 1; i < kN; ++i) {
-        const Piece &x = p[i];
-        if (x.outcome == Outcome::failed) {
-            EXPECT_EQ(x.err, ENOMEM) << i;
-            EXPECT_GE(i, kDepth) << "piece " << i << " was taken";
-            EXPECT_EQ(x.buf[0], static_cast<char>(0xAA)) << "failed piece " << i << " ran";
-        } else if (x.outcome == Outcome::done) {
-            EXPECT_EQ(first_mismatch(x.buf, x.n, x.off, 27), x.n) << i;
+    for (const Site site : {Site::uring_enter, Site::uring_wait}) {
+        const bool after_submit = site == Site::uring_wait;
+        SCOPED_TRACE(after_submit ? "failing after submitting" : "failing before submitting");
+        auto p = reads(after_submit ? "wait" : "enter", kN, 27);
+        int pipe_fds[2];
+        ASSERT_EQ(::pipe(pipe_fds), 0);
+        p[0].fd = pipe_fds[0];
+        p[0].off = UINT64_MAX; // -1: a pipe has no offsets
+        fault::arm(site, {ENOMEM}, after_submit ? 0 : 1, 1);
+        ASSERT_TRUE(uring::run(p.data(), p.size()));
+        EXPECT_EQ(fault::hits(site), 1u);
+        EXPECT_EQ(p[0].outcome, Outcome::in_doubt);
+        EXPECT_EQ(p[0].err, ENOMEM);
+        EXPECT_EQ(count_of(p, Outcome::not_run), 0u);
+        // Pieces 16.. were queued after the first completions (and not
+        // taken) or never: the kernel never had them.
+        EXPECT_EQ(count_of(p, Outcome::failed), kN - kDepth);
+        EXPECT_EQ(count_of(p, Outcome::done) + count_of(p, Outcome::in_doubt), kDepth);
+        for (size_t i = 1; i < kN; ++i) {
+            const Piece &x = p[i];
+            if (x.outcome == Outcome::failed) {
+                EXPECT_EQ(x.err, ENOMEM) << i;
+                EXPECT_GE(i, kDepth) << "piece " << i << " was taken";
+                EXPECT_EQ(x.buf[0], static_cast<char>(0xAA)) << "failed piece " << i << " ran";
+            } else if (x.outcome == Outcome::done) {
+                EXPECT_EQ(first_mismatch(x.buf, x.n, x.off, 27), x.n) << i;
+            }
         }
+        std::printf("done %zu, in doubt %zu, failed %zu\n", count_of(p, Outcome::done),
+                    count_of(p, Outcome::in_doubt), count_of(p, Outcome::failed));
+        auto q = shuffled_pieces(fd_, false, buf_.get(), kN, 29);
+        ASSERT_TRUE(uring::run(q.data(), q.size())) << "a new ring";
+        EXPECT_EQ(count_of(q, Outcome::done), kN);
+        ::close(pipe_fds[0]);
+        ::close(pipe_fds[1]);
+        fault::disarm();
     }
-    std::printf("done %zu, in doubt %zu, failed %zu\n", count_of(p, Outcome::done),
-                count_of(p, Outcome::in_doubt), count_of(p, Outcome::failed));
-    auto q = shuffled_pieces(fd_, false, buf_.get(), kN, 29);
-    ASSERT_TRUE(uring::run(q.data(), q.size())) << "a new ring";
-    EXPECT_EQ(count_of(q, Outcome::done), kN);
-    ::close(pipe_fds[0]);
-    ::close(pipe_fds[1]);
 }
 
 } // namespace
