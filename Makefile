@@ -5,11 +5,13 @@ MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 BUILD_TSAN ?= build-tsan
+BUILD_PY   ?= build-py
+PYTHON     ?= python3
 JOBS       ?= $(shell nproc)
 KERNEL     ?= all
 DEMO_SIZE  ?= 512M
 
-.PHONY: all deps build demo test unit asan tsan vmtest fuzz install format checkpatch clean
+.PHONY: all deps build demo test unit pytest asan tsan vmtest fuzz install format checkpatch clean
 
 all: build
 
@@ -28,13 +30,28 @@ build: deps $(BUILD)/Makefile
 demo: build
 	@scripts/demo.sh $(BUILD) $(DEMO_SIZE)
 
-# Every test CI runs: unit tests, the same under ASan/UBSan and under TSan,
-# and the kernel module in QEMU on Debian's 6.1 and 6.12 kernels and on a
-# P2PDMA kernel built from Debian's 6.12 source (once per machine, cached).
-test: unit asan tsan vmtest
+# Every test CI runs: unit tests, the Python package's tests, the same unit
+# tests under ASan/UBSan and under TSan, and the kernel module in QEMU on
+# Debian's 6.1 and 6.12 kernels and on a P2PDMA kernel built from Debian's
+# 6.12 source (once per machine, cached).
+test: unit pytest asan tsan vmtest
 
 unit: build
 	cd $(BUILD) && ctest -L unit --output-on-failure -j $(JOBS)
+
+# The Python package (python/): a venv in $(BUILD_PY)/venv, `pip install .`
+# into it (the library and the extension built by CMake through
+# scikit-build-core, incrementally in $(BUILD_PY)/wheel), then pytest. GPU
+# tests (-m gpu) skip themselves without CUDA and torch.
+pytest: deps
+	@scripts/install-deps.sh python
+	@test -x $(BUILD_PY)/venv/bin/python || $(PYTHON) -m venv $(BUILD_PY)/venv
+	$(BUILD_PY)/venv/bin/python -m pip install -q --disable-pip-version-check \
+		"scikit-build-core>=0.10" "nanobind>=2.0" "pytest>=7" "safetensors>=0.4" numpy
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BUILD_PY)/venv/bin/python -m pip install -q \
+		--disable-pip-version-check --no-build-isolation -C build-dir=$(BUILD_PY)/wheel \
+		-C build.tool-args=-j$(JOBS) --force-reinstall --no-deps .
+	$(BUILD_PY)/venv/bin/python -m pytest -q -p no:cacheprovider python/tests
 
 asan: deps
 	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DPHXFS_SANITIZE=address,undefined \
@@ -80,4 +97,4 @@ checkpatch:
 	$(MAKE) -C kmod checkpatch
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_PY)

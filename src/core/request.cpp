@@ -22,21 +22,14 @@ bool refused_direct(int err) {
     return err == EINVAL || err == EFAULT || err == EOPNOTSUPP || err == EREMOTEIO;
 }
 
-// What the kernel's refusal means, for the trace and for direct mode. Only
-// a PCIe NVMe queue takes P2PDMA pages, and then only where the distance
-// check passes; a fabric disk (NVMe-oF) refuses them whatever the distance.
-std::string refusal(const Error &e, const File &file) {
-    if (e.err() != EREMOTEIO)
-        return std::string("the kernel refused O_DIRECT on the mapping: ") + e.what();
-    if (const DiskInfo d = disk_of_fd(file.fd()); d.fabric())
-        return d.disk + " is reached over NVMe-oF (" + fabric_name(d) +
-               "), whose queues take none of the device's P2PDMA pages (only a PCIe NVMe "
-               "queue can DMA peer to peer): " +
-               e.what();
-    return std::string("the kernel's P2P distance check refuses DMA between this disk and "
-                       "the device's P2PDMA pages (no common PCIe switch or whitelisted "
-                       "host bridge): ") +
-           e.what();
+// What the kernel's refusal (err, what) of O_DIRECT on the mapping means,
+// for the trace and for direct mode: for EREMOTEIO, why this file's disk
+// takes none of the device's P2PDMA pages (engine/disk reads sysfs, so only
+// when the words are wanted).
+std::string refusal(int err, const std::string &what, const File &file) {
+    if (err != EREMOTEIO)
+        return "the kernel refused O_DIRECT on the mapping: " + what;
+    return p2pdma_refusal(disk_of_fd(file.fd())) + ": " + what;
 }
 
 // How a request divides: [ma, mb) by the direct path through dfd, the rest
@@ -59,7 +52,8 @@ struct Split {
     int dfd = -1;
     Why why = Why::none;
     uint64_t why_n = 0;  // the block or alignment the reason names
-    std::string refused; // Why::refused: the kernel's refusal
+    int refused_err = 0; // Why::refused: the kernel's refusal, errno
+    std::string refused; // and message
 };
 
 std::string why_text(const Split &sp, const Session &s, File &file) {
@@ -87,7 +81,7 @@ std::string why_text(const Split &sp, const Session &s, File &file) {
         return "unaligned head or tail (the file's direct I/O takes offsets and lengths in " + n +
                "-byte multiples)";
     case Why::refused:
-        return sp.refused;
+        return refusal(sp.refused_err, sp.refused, file);
     }
     return "";
 }
@@ -255,14 +249,15 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
             // system without direct I/O for this file, GUP refusing device
             // pages on a P2PDMA kernel): auto mode bounces the segment.
             if (seg.direct && mode == PHXFS_MODE_DIRECT && e.err() == EREMOTEIO)
-                fail(EREMOTEIO, "direct mode: " + refusal(e, file));
+                fail(EREMOTEIO, "direct mode: " + refusal(e.err(), e.what(), file));
             if (!seg.direct || mode != PHXFS_MODE_AUTO || !refused_direct(e.err()))
                 throw;
             if (!fell_back)
                 stats.fallback(); // one per request
             fell_back = true;
             sp.why = Split::Why::refused;
-            sp.refused = refusal(e, file);
+            sp.refused_err = e.err();
+            sp.refused = e.what();
             check_compat_reach(file, write, seg.a, seg.b, seg.a, seg.a);
             path = PHXFS_PATH_COMPAT;
             got = compat(seg.a, len);

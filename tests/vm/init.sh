@@ -123,8 +123,9 @@ for b in /sys/block/nvme*; do
 	esac
 done
 echo "DISKS raw $PHXFS_GUEST_DISK ext4 $fsdisk far ${PHXFS_GUEST_FAR_DISK:-none}"
+# The fabric boot exports the disks instead (fabric.sh): never mounted here.
 mkdir -p /mnt/fs
-mount -t ext4 "$fsdisk" /mnt/fs && export PHXFS_GUEST_FS=/mnt/fs
+[ "$mode" = fabric ] || { mount -t ext4 "$fsdisk" /mnt/fs && export PHXFS_GUEST_FS=/mnt/fs; }
 for t in /tests/*; do
 	[ -x "$t" ] || continue
 	case "$mode:${t##*/}" in demo:phxfs_guest_demo | tests:*_tests) ;; *) continue ;; esac
@@ -137,6 +138,8 @@ for t in /tests/*; do
 	fi
 	echo "EXIT ${t##*/} $?"
 done
+# NVMe over Fabrics on the guest's loopback (a boot of its own, see run.sh).
+[ "$mode" = fabric ] && sh /fabric.sh "$PHXFS_GUEST_DISK" "$fsdisk"
 # The seeded fuzzer of the module's user ABI (a boot of its own, see run.sh).
 if [ "$mode" = fuzz ]; then
 	set -- $(cat /fuzz)

@@ -8,8 +8,6 @@
 
 #include <phxfs/phxfs.h>
 
-#include <sys/stat.h>
-
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -50,30 +48,14 @@ const char *page_type_name(uint32_t t) {
     }
 }
 
-// Why a fabric disk cannot take P2PDMA pages, and what happens instead.
-std::string fabric_refusal(const std::string &fabric) {
-    return "refused: " + fabric +
-           " queues take no P2PDMA pages (O_DIRECT fails with "
-           "EREMOTEIO); libphxfs moves the bytes through staging (auto mode)";
-}
-
-// Who moves the bytes of a direct read from a disk reached over fabric.
-std::string fabric_mover(const std::string &transport) {
-    if (transport == "tcp")
-        return "the kernel's TCP receive path copies them into device memory with the CPU";
-    if (transport == "rdma")
-        return "the RDMA NIC DMAs them into device memory (soft-RoCE, rdma_rxe, copies them "
-               "with the CPU)";
-    return "the " + transport + " transport delivers them";
-}
-
 // What the kernel's P2P distance check will say to a disk, for a device
 // with P2PDMA pages ("" for other pages: phxfs.ko does no such check).
 std::string p2pdma_verdict(uint32_t page_type, const phxcheck::PciPeer &p) {
     if (page_type != PHXFS_PAGES_P2PDMA)
         return "";
     if (p.transport != "pcie")
-        return fabric_refusal("nvme-" + p.transport);
+        return "refused: " + phxfs::core::p2pdma_refusal({p.name, p.transport, p.address}) +
+               "; libphxfs moves the bytes through staging (auto mode)";
     if (p.common_bridge)
         return "the kernel's distance check passes (a bridge above both): direct";
     return "the kernel's distance check passes only through a whitelisted host bridge (AMD "
@@ -94,27 +76,20 @@ json predict(const phxcheck::FsInfo &fs, const phxfs::core::DiskInfo &disk, cons
         why = id + ": " + dev.value("why_not_direct", std::string("no direct path"));
     else if (!fs.o_direct)
         why = "O_DIRECT does not work on this " + fs.fs_type + " (" + fs.o_direct_detail + ")";
-    else if (disk.fabric() && dev.value("page_type", std::string()) == "p2pdma")
-        why = disk.disk + ": " + fabric_refusal(phxfs::core::fabric_name(disk));
+    else if (dev.value("page_type", std::string()) == "p2pdma" &&
+             (disk.transport != "pcie" || disk.multipath) && !disk.disk.empty())
+        why = phxfs::core::p2pdma_refusal(disk) + " (O_DIRECT fails with EREMOTEIO)";
     if (why.empty() && disk.fabric())
         return {{"path", "direct"},
                 {"reason", id + " has the direct path and O_DIRECT works on " + fs.fs_type + "; " +
                                disk.disk + " is reached over " + phxfs::core::fabric_name(disk) +
-                               ": " + fabric_mover(disk.transport)}};
+                               ": " + phxfs::core::fabric_mover(disk.transport)}};
     if (why.empty())
         return {{"path", "direct"},
                 {"reason", id + " has the direct path and O_DIRECT works on " + fs.fs_type}};
     if (mode == PHXFS_MODE_DIRECT)
         return {{"path", "none"}, {"reason", "direct mode fails with ENOTSUP: " + why}};
     return {{"path", "compat"}, {"reason", why}};
-}
-
-// The disk a path lives on: a block device node's own, else its file system's.
-phxfs::core::DiskInfo disk_of_path(const std::string &path) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0)
-        return {};
-    return phxfs::core::disk_info(S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev);
 }
 
 std::string mib(uint64_t n) {
@@ -194,7 +169,9 @@ void print_text(const json &j) {
             std::printf("    no NVMe controller on this machine's PCI bus\n");
         for (const auto &p : pci["nvme"]) {
             std::printf("    %s (%s): %s\n", p["name"].get<std::string>().c_str(),
-                        p["bus_id"].get<std::string>().c_str(),
+                        (p["bus_id"].get<std::string>().empty() ? p["address"] : p["bus_id"])
+                            .get<std::string>()
+                            .c_str(),
                         p["relation"].get<std::string>().c_str());
             if (!p["p2pdma_distance"].get<std::string>().empty())
                 std::printf("      P2PDMA: %s\n", p["p2pdma_distance"].get<std::string>().c_str());
@@ -213,7 +190,8 @@ void print_text(const json &j) {
                     p["o_direct_detail"].get<std::string>().c_str());
         const json &dk = p["disk"];
         if (!dk["name"].get<std::string>().empty())
-            std::printf("  disk: %s%s%s%s\n", dk["name"].get<std::string>().c_str(),
+            std::printf("  disk: %s%s%s%s%s\n", dk["name"].get<std::string>().c_str(),
+                        dk["multipath"].get<bool>() ? " (multipath head)" : "",
                         dk["transport"].get<std::string>().empty() ? "" : ", NVMe over ",
                         dk["transport"].get<std::string>().c_str(),
                         dk["address"].get<std::string>().empty()
@@ -306,6 +284,7 @@ int main(int argc, char **argv) {
                              {"bus_id", p.bus_id},
                              {"relation", p.relation},
                              {"transport", p.transport},
+                             {"address", p.address},
                              {"p2p_likely", p.p2p_likely},
                              {"p2pdma_distance", p2pdma_verdict(info.page_type, p)}});
         devices.back()["pci"] = pci.error.empty() ? json{{"bar1_bytes", pci.bar1_bytes},
@@ -333,19 +312,21 @@ int main(int argc, char **argv) {
         }
         char magic[24];
         std::snprintf(magic, sizeof magic, "0x%llx", static_cast<unsigned long long>(fs.magic));
-        const phxfs::core::DiskInfo disk = disk_of_path(p);
+        const phxfs::core::DiskInfo disk = phxfs::core::disk_of_path(p);
         json r = predict(fs, disk, devices[device], cfg.mode);
         r["device"] = device;
-        jp.push_back(
-            {{"path", p},
-             {"is_dir", fs.is_dir},
-             {"fs_type", fs.fs_type},
-             {"fs_magic", magic},
-             {"o_direct", fs.o_direct},
-             {"o_direct_detail", fs.o_direct_detail},
-             {"disk",
-              {{"name", disk.disk}, {"transport", disk.transport}, {"address", disk.address}}},
-             {"read", r}});
+        jp.push_back({{"path", p},
+                      {"is_dir", fs.is_dir},
+                      {"fs_type", fs.fs_type},
+                      {"fs_magic", magic},
+                      {"o_direct", fs.o_direct},
+                      {"o_direct_detail", fs.o_direct_detail},
+                      {"disk",
+                       {{"name", disk.disk},
+                        {"transport", disk.transport},
+                        {"address", disk.address},
+                        {"multipath", disk.multipath}}},
+                      {"read", r}});
     }
     j["paths"] = jp;
 

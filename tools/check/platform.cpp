@@ -1,5 +1,7 @@
 #include "platform.hpp"
 
+#include "engine/disk.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -106,10 +108,11 @@ PciDeviceInfo probe_pci(const std::string &bus_id) {
         const auto chain = pci_chain(e.path() / "device");
         PciPeer p;
         if (chain.empty()) { // NVMe over fabrics: no PCI device of its own
-            p.transport = read_line(e.path() / "transport");
-            if (p.transport.empty())
+            const phxfs::core::NvmeController c = phxfs::core::nvme_controller(e.path());
+            if (c.transport.empty())
                 continue;
-            p.bus_id = read_line(e.path() / "address");
+            p.transport = c.transport;
+            p.address = c.address;
             p.relation = "over NVMe-oF (nvme-" + p.transport + "): no PCIe path to the device";
         } else {
             p = relate(gpu, chain);

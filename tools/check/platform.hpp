@@ -21,11 +21,12 @@ std::string nvidia_driver_version();
 
 struct PciPeer {
     std::string name;     // "nvme0"
-    std::string bus_id;   // its PCI address
+    std::string bus_id;   // its PCI address ("" for a fabric controller)
     std::string relation; // "same PCIe switch", "same root port", "same host bridge", ...
     bool p2p_likely = false;
     bool common_bridge = false; // a root port or switch above both: no host bridge between
     std::string transport;      // "pcie", or the fabric of an NVMe-oF controller ("tcp", ...)
+    std::string address;        // a fabric controller's ("traddr=...,trsvcid=...")
 };
 
 struct PciDeviceInfo {
