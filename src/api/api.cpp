@@ -114,7 +114,7 @@ PHXFS_API int phxfs_set_config(const struct phxfs_config *cfg) {
         check_struct(cfg, "cfg");
         if (cfg->mode > PHXFS_MODE_COMPAT)
             fail(EINVAL, "mode must be auto, direct or compat");
-        Config c;
+        Config c = config(); // what phxfs_config does not carry stays as it is
         c.mode = static_cast<phxfs_mode>(cfg->mode);
         c.threads = cfg->threads;
         if (cfg->trace > 1)

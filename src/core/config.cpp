@@ -5,6 +5,7 @@
 #include "core/trace.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -59,6 +60,8 @@ void validate(const Config &c) {
         fail(EINVAL, "chunk size must be a multiple of 4 KiB, at most 1 GiB");
     if (c.staging_bytes < 2 * c.chunk_bytes)
         fail(EINVAL, "staging memory must hold at least two chunks");
+    if (c.uring_depth > kMaxUringDepth)
+        fail(EINVAL, "io_uring depth must be within 0.." + std::to_string(kMaxUringDepth));
 }
 
 void load_locked() {
@@ -77,6 +80,8 @@ Config config_from_env() {
     c.chunk_bytes = env_number("PHXFS_CHUNK_KB", 4096) * 1024;
     c.staging_bytes = env_number("PHXFS_STAGING_MB", 0) << 20;
     c.trace = trace::from_env();
+    c.uring_depth = static_cast<unsigned>(
+        std::min<unsigned long long>(env_number("PHXFS_URING_DEPTH", c.uring_depth), UINT_MAX));
     if (c.staging_bytes == 0) // two chunks per worker by default
         c.staging_bytes = 2 * c.chunk_bytes * c.threads;
     validate(c);

@@ -14,10 +14,14 @@ struct Config {
     size_t chunk_bytes = 0;   // multiple of kAlign
     size_t staging_bytes = 0; // per device
     bool trace = false;       // the path trace (trace.hpp)
+    // Small direct requests of a group in flight at once on a thread's
+    // io_uring ring (engine/uring.hpp); 0: no io_uring, each runs alone.
+    unsigned uring_depth = 128;
 };
 
 inline constexpr size_t kAlign = 4096; // O_DIRECT alignment we always honour
 inline constexpr unsigned kMaxThreads = 256;
+inline constexpr unsigned kMaxUringDepth = 4096;
 
 // The current configuration (a consistent snapshot).
 Config config();

@@ -1,7 +1,8 @@
 // Fault injection for tests: chosen failures where the I/O and memory layers
 // meet the kernel and the GPU (short transfers, EINTR, EAGAIN, EIO, ENOSPC,
-// failed reopens, staging allocations, stream creations and copies, and
-// delays that hold a request in flight).
+// failed reopens, staging allocations, stream creations and copies, io_uring
+// rings that cannot be made or break, and delays that hold a request in
+// flight).
 //
 // Compiled in only with PHXFS_FAULT_INJECTION, which only the test library
 // phxfs_fault defines; in the libraries users get, at() is a constant that
@@ -22,6 +23,10 @@ enum class Site : unsigned {
     stream_create, // creating a lane's copy stream
     copy,          // a copy between staging and the buffer
     dio_align,     // the file's direct-I/O alignment statx reports: max_bytes
+    uring_setup,   // making a thread's io_uring ring: fails with err
+    uring_enter,   // io_uring_enter submitting and waiting: fails with err
+    uring_wait,    // the same, failing with err once what was queued is submitted
+    uring_cqe,     // an io_uring completion: its result becomes -err, or at most max_bytes
     count,
 };
 

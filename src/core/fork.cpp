@@ -5,6 +5,7 @@
 #include "core/device.hpp"
 #include "core/handle.hpp"
 #include "core/trace.hpp"
+#include "engine/uring.hpp"
 #include "engine/workers.hpp"
 #include "memory/memory.hpp"
 
@@ -20,6 +21,7 @@ namespace {
 // glibc has made malloc usable again by then.
 void child_after_fork() {
     workers_after_fork_child();
+    uring::after_fork_child();
     config_after_fork_child();
     trace::after_fork_child();
     cuda_after_fork_child();

@@ -5,8 +5,10 @@
 #include "core/trace.hpp"
 #include "engine/direct.hpp"
 #include "engine/disk.hpp"
+#include "engine/uring.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -149,12 +151,14 @@ void check_compat_reach(File &file, bool write, uint64_t off, uint64_t end, uint
                  (in_4k ? " (write whole 4 KiB blocks or pass an fd without O_DIRECT)" : ""));
 }
 
-// The path trace's line for a request that moved moved[path] bytes.
+// The path trace's line for a request that moved moved[path] bytes; ring:
+// its direct bytes went through io_uring.
 void trace_request(const Request &req, const size_t moved[PHXFS_PATH_COUNT], const std::string &why,
-                   uint64_t t_start) {
+                   uint64_t t_start, bool ring = false) {
     std::string line = request_name(req.write, req.device_id, req.info.fd, req.n, req.off) + ":";
     if (moved[PHXFS_PATH_DIRECT])
-        line += " direct " + std::to_string(moved[PHXFS_PATH_DIRECT]) + " B";
+        line += " direct " + std::to_string(moved[PHXFS_PATH_DIRECT]) + " B" +
+                (ring ? " (io_uring)" : "");
     if (moved[PHXFS_PATH_COMPAT])
         line += std::string(moved[PHXFS_PATH_DIRECT] ? "," : "") + " compat " +
                 std::to_string(moved[PHXFS_PATH_COMPAT]) + " B (" + why + ")";
@@ -271,31 +275,126 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
     return static_cast<size_t>(done_to - off);
 }
 
+namespace {
+
+Request group_request(GroupRequest &g, int device_id) {
+    return Request{g.write, device_id, *g.file, g.info, g.where, g.n, g.off};
+}
+
+// A request of a group run as it would run alone: its outcome in g.
+void run_alone(Session &s, Stats &stats, int device_id, GroupRequest &g) {
+    try {
+        g.got = run_request(s, stats, group_request(g, device_id));
+        g.done = true;
+    } catch (...) {
+        g.error = std::current_exception();
+    }
+}
+
+// A request of a group that moved got bytes by one path, together with
+// others: done, counted with its share ns of the group's time, and traced
+// (a group's direct requests went through io_uring).
+void group_done(Session &s, Stats &stats, const Config &cfg, int device_id, GroupRequest &g,
+                phxfs_path path, size_t got, uint64_t ns, uint64_t t_start) {
+    g.got = got;
+    g.done = true;
+    stats.add(path, g.write, got, ns);
+    if (!cfg.trace)
+        return;
+    const Request req = group_request(g, device_id);
+    size_t moved[PHXFS_PATH_COUNT] = {};
+    moved[path] = got;
+    const bool ring = path == PHXFS_PATH_DIRECT;
+    trace_request(req, moved,
+                  ring ? std::string()
+                       : why_text(split(req, *g.file, request_end(req), cfg.mode), s, *g.file),
+                  t_start, ring);
+}
+
+// The group's small requests that go direct whole, on this thread's
+// io_uring ring together. One that the ring did not finish (no ring, a
+// failure of its own, a ring that broke before taking it) runs alone as it
+// would have without the ring: the same fallback to compat, the same
+// errors. One that may still be in flight fails: running it again could
+// race the transfer that may still land.
+void run_on_ring(Session &s, Stats &stats, const Config &cfg, int device_id,
+                 std::vector<uring::Piece> &pieces, std::vector<GroupRequest *> &owners) {
+    using Outcome = uring::Piece::Outcome;
+    const uint64_t t_start = now_ns();
+    uring::run(pieces.data(), pieces.size());
+    // Direct reads are visible to the device's kernels once flushed (as
+    // run_request does after each); once for the group.
+    std::exception_ptr flush_error;
+    for (const uring::Piece &p : pieces) {
+        if (p.outcome == Outcome::done && !p.write && p.got) {
+            try {
+                s.backend->after_direct_read();
+            } catch (...) {
+                flush_error = std::current_exception();
+            }
+            break;
+        }
+    }
+    const uint64_t each = (now_ns() - t_start) / std::max<size_t>(pieces.size(), 1);
+    for (size_t k = 0; k < pieces.size(); ++k) {
+        const uring::Piece &p = pieces[k];
+        GroupRequest &g = *owners[k];
+        switch (p.outcome) {
+        case Outcome::done:
+            if (flush_error && !p.write && p.got)
+                g.error = flush_error;
+            else
+                group_done(s, stats, cfg, device_id, g, PHXFS_PATH_DIRECT, p.got, each, t_start);
+            break;
+        case Outcome::in_doubt:
+            g.error = std::make_exception_ptr(Error(
+                EIO, std::string("in doubt: the io_uring ring failed (") + std::strerror(p.err) +
+                         ") while this transfer was in flight; it may still land, so it "
+                         "was not run again"));
+            break;
+        case Outcome::not_run:
+        case Outcome::failed:
+            run_alone(s, stats, device_id, g);
+            break;
+        }
+    }
+}
+
+} // namespace
+
 void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n) {
     const Config cfg = config();
     const uint64_t t_start = now_ns();
-    // The pieces that go through staging together, reads and writes apart;
-    // kept per thread, so that a group allocates nothing once warm.
+    // The pieces that go through staging together, reads and writes apart,
+    // and those that go direct whole through io_uring; kept per thread, so
+    // that a group allocates nothing once warm.
     thread_local std::vector<CompatEngine::Piece> pieces[2];
     thread_local std::vector<GroupRequest *> owners[2];
+    thread_local std::vector<uring::Piece> ring_pieces;
+    thread_local std::vector<GroupRequest *> ring_owners;
     for (int w = 0; w < 2; ++w) {
         pieces[w].clear();
         owners[w].clear();
     }
-    auto request = [&](GroupRequest &g) {
-        return Request{g.write, device_id, *g.file, g.info, g.where, g.n, g.off};
-    };
+    ring_pieces.clear();
+    ring_owners.clear();
+    const size_t small = CompatEngine::piece_bytes(cfg);
     for (size_t i = 0; i < n; ++i) {
         GroupRequest &g = reqs[i];
         if (g.done || g.error)
             continue;
         try {
-            const Request req = request(g);
+            const Request req = group_request(g, device_id);
             const uint64_t end = request_end(req);
             const Split sp = split(req, *g.file, end, cfg.mode);
-            if (sp.ma != sp.mb || end == g.off || end - g.off > CompatEngine::piece_bytes(cfg)) {
-                g.got = run_request(s, stats, req); // a direct part, nothing, or large
-                g.done = true;
+            if (cfg.uring_depth && end > g.off && end - g.off <= small && sp.ma == g.off &&
+                sp.mb == end) {
+                ring_pieces.push_back({sp.dfd, g.write, g.where.direct, end - g.off, g.off});
+                ring_owners.push_back(&g);
+                continue;
+            }
+            if (sp.ma != sp.mb || end == g.off || end - g.off > small) {
+                run_alone(s, stats, device_id, g); // a direct part, nothing, or large
                 continue;
             }
             if (cfg.mode == PHXFS_MODE_DIRECT)
@@ -310,6 +409,8 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
             g.error = std::current_exception();
         }
     }
+    if (!ring_pieces.empty())
+        run_on_ring(s, stats, cfg, device_id, ring_pieces, ring_owners);
     for (int w = 0; w < 2; ++w) {
         if (pieces[w].empty())
             continue;
@@ -322,24 +423,16 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
         for (size_t k = 0; k < pieces[w].size(); ++k) {
             const CompatEngine::Piece &p = pieces[w][k];
             GroupRequest &g = *owners[w][k];
-            if (p.error) {
+            if (p.error)
                 g.error = p.error;
-                continue;
-            }
-            g.got = p.got;
-            g.done = true;
-            stats.add(PHXFS_PATH_COMPAT, g.write, p.got, each);
-            if (cfg.trace) {
-                const Request req = request(g);
-                const size_t moved[PHXFS_PATH_COUNT] = {0, p.got};
-                trace_request(req, moved,
-                              why_text(split(req, *g.file, request_end(req), cfg.mode), s, *g.file),
-                              t_start);
-            }
+            else
+                group_done(s, stats, cfg, device_id, g, PHXFS_PATH_COMPAT, p.got, each, t_start);
         }
         pieces[w].clear();
         owners[w].clear();
     }
+    ring_pieces.clear();
+    ring_owners.clear();
 }
 
 } // namespace phxfs::core

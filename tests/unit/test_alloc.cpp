@@ -3,6 +3,7 @@
 // own program, because it replaces the global operator new; not built under
 // the sanitizers, which replace it themselves.
 #include "testutil.hpp"
+#include "uring_util.hpp"
 
 #include <atomic>
 #include <cstdlib>
@@ -77,6 +78,19 @@ TEST_F(Alloc, WarmBatchesAllocateNothingPerRequest) {
     EXPECT_EQ(phxfs_batch_destroy(b), 0);
     EXPECT_EQ(phxfs_file_close(fh), 0);
     ::close(fd);
+}
+
+// A warm io_uring ring (src/engine/uring.hpp) allocates nothing at all:
+// its pieces are the caller's, its ring made once per thread.
+TEST_F(RingTest, WarmRingAllocatesNothing) {
+    constexpr size_t kN = 600;
+    auto p = reads("data", kN, 3);
+    ASSERT_TRUE(phxfs::core::uring::run(p.data(), p.size())); // makes the ring
+    const uint64_t before = news.load();
+    for (int r = 0; r < 5; ++r)
+        ASSERT_TRUE(phxfs::core::uring::run(p.data(), p.size()));
+    EXPECT_EQ(news.load() - before, 0u);
+    EXPECT_EQ(count_of(p, Outcome::done), kN);
 }
 
 } // namespace

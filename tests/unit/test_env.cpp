@@ -58,4 +58,18 @@ TEST(Env, BadNumbers) {
     EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error);
 }
 
+// The io_uring depth of a group's direct requests: 128 unset, 0 turns
+// io_uring off, more than 4096 or not a number is refused.
+TEST(Env, UringDepth) {
+    EXPECT_EQ(phxfs::core::config_from_env().uring_depth, 128u);
+    for (const char *n : {"0", "64", "4096"}) {
+        EnvVar d("PHXFS_URING_DEPTH", n);
+        EXPECT_EQ(phxfs::core::config_from_env().uring_depth, std::strtoul(n, nullptr, 10));
+    }
+    for (const char *bad : {"4097", "many", "-1", "99999999999"}) {
+        EnvVar d("PHXFS_URING_DEPTH", bad);
+        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << bad;
+    }
+}
+
 } // namespace
