@@ -17,52 +17,11 @@ checkpoints with all of a file's reads in flight at once.
 """
 
 from . import _phxfs
-from ._api import (
-    Batch,
-    Completion,
-    Config,
-    Device,
-    DeviceInfo,
-    File,
-    Future,
-    PathStats,
-    Registration,
-    Stats,
-    device_count,
-    device_info,
-    get_config,
-    inspect_buffer,
-    open_device,
-    register,
-    reset_stats,
-    set_config,
-    stats,
-)
+from ._api import *  # noqa: F401,F403 (the API; its __all__ says what)
+from ._api import __all__ as _api_all
 
 __version__: str = _phxfs.__version__
 #: libphxfs's (major, minor, patch), from phxfs.h
 library_version = tuple(_phxfs.library_version)
 
-__all__ = [
-    "Batch",
-    "Completion",
-    "Config",
-    "Device",
-    "DeviceInfo",
-    "File",
-    "Future",
-    "PathStats",
-    "Registration",
-    "Stats",
-    "__version__",
-    "device_count",
-    "device_info",
-    "get_config",
-    "inspect_buffer",
-    "library_version",
-    "open_device",
-    "register",
-    "reset_stats",
-    "set_config",
-    "stats",
-]
+__all__ = [*_api_all, "__version__", "library_version"]

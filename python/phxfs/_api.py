@@ -21,6 +21,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -82,12 +83,38 @@ def _device_id(device: Union[int, "Device"]) -> int:
     return device
 
 
+_Self = TypeVar("_Self", bound="_Closing")
+
+
+class _Closing:
+    """What ``close()``s on leaving a ``with`` block (subclasses define it)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ClosingWhenCollected(_Closing):
+    """A :class:`_Closing` that also closes when garbage collected."""
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 # --------------------------------------------------------------------------
 # Devices
 # --------------------------------------------------------------------------
 
 
-class Device:
+class Device(_ClosingWhenCollected):
     """An open device (``phxfs_open``/``phxfs_close``), a context manager.
 
     Device ids are CUDA device ids where there are GPUs; a machine without
@@ -129,18 +156,6 @@ class Device:
         """Register ``buf`` (``phxfs_regmem``); see :func:`register`."""
         return Registration(self, buf)
 
-    def __enter__(self) -> "Device":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         return f"<phxfs.Device {self._id}{' closed' if not self._open else ''}>"
 
@@ -178,7 +193,7 @@ def device_info(device_id: int = 0) -> DeviceInfo:
     return DeviceInfo(**_phxfs.device_info(_device_id(device_id)))
 
 
-class Registration:
+class Registration(_Closing):
     """A buffer registered with ``phxfs_regmem`` (enables the direct path for it).
 
     A context manager: leaving it deregisters. The buffer is held (not freed,
@@ -218,13 +233,6 @@ class Registration:
     def close(self) -> None:
         """Deregister (``phxfs_deregmem``)."""
         self._reg.close()
-
-    def __enter__(self) -> "Registration":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def register(device: Union[int, Device], buf: Buffer) -> Registration:
     """Register ``buf`` on ``device``; use as a context manager.
@@ -298,7 +306,7 @@ class Future:
 # --------------------------------------------------------------------------
 
 
-class File:
+class File(_ClosingWhenCollected):
     """A file open for phxfs on a device (a ``phxfs_file_t`` handle).
 
     ``path_or_fd``: a path, opened with ``mode`` (``"r"``, ``"r+"``, ``"w"``,
@@ -459,18 +467,6 @@ class File:
             if d is not None:
                 d.close()
 
-    def __enter__(self) -> "File":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         what = repr(self._path) if self._path is not None else f"fd {self._fd}"
         return f"<phxfs.File {what}{' closed' if self.closed else ''}>"
@@ -521,7 +517,7 @@ _STATUS = {
 BatchRequest = Tuple[Any, ...]
 
 
-class Batch:
+class Batch(_Closing):
     """Many reads and writes in flight at once (``phxfs_batch_t``), of any files.
 
     ``depth`` is how many may be in flight (submitted, not yet reaped). A
@@ -630,12 +626,6 @@ class Batch:
     def close(self) -> None:
         """Cancel what has not started, wait for the rest, free the batch."""
         self._b.close()
-
-    def __enter__(self) -> "Batch":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------
