@@ -112,7 +112,7 @@ std::string p2pdma_refusal(const DiskInfo &d) {
                         "kernels that give that feature to PCIe namespaces only (6.12), or "
                         "the distance check refused its paths (nvme_core.multipath=N gives "
                         "each path a namespace of its own)";
-    if (d.transport != "pcie")
+    if (!d.queue_takes_p2pdma())
         return (d.disk.empty() ? std::string("this file's disk") : d.disk) +
                " is no PCIe NVMe namespace: its queue takes none of the device's P2PDMA pages";
     return "the kernel's P2P distance check refuses DMA between " + d.disk +

@@ -29,6 +29,9 @@ struct DiskInfo {
     std::string address;    // NVMe: that controller's address
     bool multipath = false; // an NVMe multipath head (nvme<S>n<N> over nvme<S>c<C>n<N>)
     bool fabric() const { return !transport.empty() && transport != "pcie"; }
+    // Whether the disk's queue takes P2PDMA pages at all (the distance
+    // check then decides): a PCIe namespace of its own, nothing else.
+    bool queue_takes_p2pdma() const { return transport == "pcie" && !multipath; }
 };
 
 // The disk of block device dev (a file's st_dev, a device node's st_rdev):

@@ -79,7 +79,7 @@ make_initramfs() {
 	: >"$root/modules.list"
 	local want="nvme ext4 crc32c_generic"
 	if [ "$mode" = fabric ]; then
-		want="$want $(fabric_modules "$kver" "$(fabrics "$kver")")"
+		want="$want $(fabric_modules "$(fabrics "$kver")")"
 		fabrics "$kver" >"$root/fabrics"
 		cp "$here/fabric.sh" "$root/"
 		if grep -qw rdma "$root/fabrics"; then
@@ -118,11 +118,11 @@ make_initramfs() {
 	(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$work/initrd.gz"
 }
 
-# The kernel modules of each NVMe-oF transport the fabric boot tests
-# (target, host, and for RDMA soft-RoCE and the interface it runs on).
+# The kernel modules of the NVMe-oF transports $1 (target, host, and for
+# RDMA soft-RoCE and the interface it runs on).
 fabric_modules() {
 	local t
-	for t in $2; do
+	for t in $1; do
 		case $t in
 		tcp) echo configfs nvmet nvmet-tcp nvme-tcp ;;
 		# rxe's ICRC takes the "crc32" hash from the crypto API, which
@@ -137,7 +137,7 @@ fabrics() {
 	local kver=$1 t m ok out=""
 	for t in tcp rdma; do
 		ok=1
-		for m in $(fabric_modules "$kver" "$t"); do
+		for m in $(fabric_modules "$t"); do
 			modprobe -d "$cache/$kver/root" -S "$kver" --show-depends "$m" >/dev/null 2>&1 ||
 				ok=0
 		done
@@ -242,7 +242,7 @@ run_kernel() {
 		for t in tcp rdma; do
 			case " $have " in
 			*" $t "*) ;;
-			*) echo "SKIP fabric over $t: $kver lacks a module of it ($(fabric_modules "$kver" "$t"))" ;;
+			*) echo "SKIP fabric over $t: $kver lacks a module of it ($(fabric_modules "$t"))" ;;
 			esac
 		done
 		[ -n "$have" ] && boots="$boots fabric"

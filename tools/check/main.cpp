@@ -53,8 +53,9 @@ const char *page_type_name(uint32_t t) {
 std::string p2pdma_verdict(uint32_t page_type, const phxcheck::PciPeer &p) {
     if (page_type != PHXFS_PAGES_P2PDMA)
         return "";
-    if (p.transport != "pcie")
-        return "refused: " + phxfs::core::p2pdma_refusal({p.name, p.transport, p.address}) +
+    const phxfs::core::DiskInfo disk{p.name, p.transport, p.address};
+    if (!disk.queue_takes_p2pdma())
+        return "refused: " + phxfs::core::p2pdma_refusal(disk) +
                "; libphxfs moves the bytes through staging (auto mode)";
     if (p.common_bridge)
         return "the kernel's distance check passes (a bridge above both): direct";
@@ -76,8 +77,8 @@ json predict(const phxcheck::FsInfo &fs, const phxfs::core::DiskInfo &disk, cons
         why = id + ": " + dev.value("why_not_direct", std::string("no direct path"));
     else if (!fs.o_direct)
         why = "O_DIRECT does not work on this " + fs.fs_type + " (" + fs.o_direct_detail + ")";
-    else if (dev.value("page_type", std::string()) == "p2pdma" &&
-             (disk.transport != "pcie" || disk.multipath) && !disk.disk.empty())
+    else if (dev.value("page_type", std::string()) == "p2pdma" && !disk.queue_takes_p2pdma() &&
+             !disk.disk.empty())
         why = phxfs::core::p2pdma_refusal(disk) + " (O_DIRECT fails with EREMOTEIO)";
     if (why.empty() && disk.fabric())
         return {{"path", "direct"},
