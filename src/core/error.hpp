@@ -6,6 +6,7 @@
 #include <string>
 #include <system_error>
 #include <utility>
+#include <cstdint>
 
 namespace phxfs::core {
 
