@@ -1,4 +1,5 @@
 // phxfs-bench - a gdsio-like load generator for libphxfs. See tools/README.md.
+#include "datafile.hpp"
 #include "options.hpp"
 #include "report.hpp"
 #include "workload.hpp"

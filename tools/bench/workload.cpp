@@ -3,7 +3,9 @@
 // and times every request.
 #include "workload.hpp"
 
+#include "batch_io.hpp"
 #include "cufile_api.hpp"
+#include "datafile.hpp"
 #include "memory.hpp"
 #include "pattern.hpp"
 
@@ -32,104 +34,6 @@ namespace phxbench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr size_t kChunk = 16 << 20; // file generation and checks
-
-std::string errno_msg(const std::string &what) {
-    return what + ": " + std::strerror(errno);
-}
-
-// An owned file descriptor.
-class Fd {
-  public:
-    explicit Fd(int fd = -1) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0)
-            ::close(fd_);
-    }
-    Fd(Fd &&o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    Fd &operator=(Fd &&) = delete;
-    Fd(const Fd &) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
-Fd open_or_throw(const std::string &path, int flags, mode_t mode = 0644) {
-    Fd fd(::open(path.c_str(), flags | O_CLOEXEC, mode));
-    if (fd.get() < 0)
-        throw std::runtime_error(errno_msg("open " + path));
-    return fd;
-}
-
-void pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
-    const auto *p = static_cast<const uint8_t *>(buf);
-    while (n) {
-        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            throw std::runtime_error(errno_msg("pwrite at " + std::to_string(off)));
-        p += w, n -= static_cast<size_t>(w), off += static_cast<uint64_t>(w);
-    }
-}
-
-// Reads n bytes; returns fewer only at end of file.
-size_t pread_all(int fd, void *buf, size_t n, uint64_t off) {
-    auto *p = static_cast<uint8_t *>(buf);
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            throw std::runtime_error(errno_msg("pread at " + std::to_string(off + done)));
-        if (r == 0)
-            break;
-        done += static_cast<size_t>(r);
-    }
-    return done;
-}
-
-void write_pattern(int fd, uint64_t from, uint64_t to) {
-    HostBuffer buf = alloc_host(kChunk);
-    for (uint64_t off = from; off < to; off += kChunk) {
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
-        fill_pattern(buf.get(), len, off);
-        pwrite_all(fd, buf.get(), len, off);
-    }
-}
-
-// Checks [from, to) of the file against the pattern with plain pread;
-// returns the first offset that differs.
-std::optional<uint64_t> check_pattern(int fd, uint64_t from, uint64_t to) {
-    HostBuffer buf = alloc_host(kChunk);
-    for (uint64_t off = from; off < to; off += kChunk) {
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
-        const size_t got = pread_all(fd, buf.get(), len, off);
-        const size_t mm = first_mismatch(buf.get(), got, off);
-        if (mm < got)
-            return off + mm;
-        if (got < len)
-            return off + got; // the file ends early
-    }
-    return std::nullopt;
-}
-
-// Makes [0, n) of the file read as zeros, so that a verified write run must
-// really write every byte it claims to. Keeps the blocks allocated where the
-// file system can.
-void zero_range(int fd, uint64_t n) {
-    if (::fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, static_cast<off_t>(n)) == 0)
-        return;
-    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(n)) == 0)
-        return;
-    HostBuffer buf = alloc_host(kChunk);
-    std::memset(buf.get(), 0, kChunk);
-    for (uint64_t off = 0; off < n; off += kChunk)
-        pwrite_all(fd, buf.get(), static_cast<size_t>(std::min<uint64_t>(kChunk, n - off)), off);
-}
-
 // Sets the library's mode for the run and restores the previous config.
 class ModeGuard {
   public:
@@ -264,12 +168,6 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     const unsigned depth = std::max(o.batch, o.qd);
     Requests req(s, t);
     const bool cufile = o.path == PathType::cufile;
-    std::optional<phxfs::Device> dev;
-    std::optional<phxfs::File> file_;
-    if (!cufile) {
-        dev.emplace(o.device);
-        file_.emplace(s.fd, *dev);
-    }
     struct InFlight {
         uint64_t off = 0, len = 0;
         Clock::time_point t0;
@@ -301,81 +199,18 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     auto past_deadline = [&] {
         return s.deadline != Clock::time_point::max() && Clock::now() >= s.deadline;
     };
-    if (o.batch && o.path == PathType::cufile) {
-        // cuFile's batch API: the same requests, submitted and waited for
-        // together (its batches hold at most 128 by default).
-        const phxcufile::Api *cf = phxcufile::api();
-        if (!cf || !cf->cuFileBatchIOSetUp || !cf->cuFileBatchIOSubmit ||
-            !cf->cuFileBatchIOGetStatus || !cf->cuFileBatchIODestroy)
-            throw std::runtime_error("-x cufile --batch: no cuFile batch API (" +
-                                     (cf ? cf->library : phxcufile::why()) + ")");
-        phxcufile::CUfileBatchHandle_t bh = nullptr;
-        if (auto e = cf->cuFileBatchIOSetUp(&bh, depth); e.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileBatchIOSetUp(" + std::to_string(depth) +
-                                     "): " + phxcufile::error_text(e));
-        struct Destroy {
-            const phxcufile::Api *cf;
-            phxcufile::CUfileBatchHandle_t bh;
-            ~Destroy() { cf->cuFileBatchIODestroy(bh); }
-        } destroy{cf, bh};
-        std::vector<phxcufile::CUfileIOParams_t> ps(depth);
-        std::vector<phxcufile::CUfileIOEvents_t> evs(depth);
-        while (!s.stop && !past_deadline()) {
-            unsigned n = 0;
-            for (; n < depth && req.next(slot[n].off, slot[n].len); ++n) {
-                phxcufile::CUfileIOParams_t &p = ps[n];
-                p = {};
-                p.mode = phxcufile::CUFILE_BATCH;
-                p.u.batch.devPtr_base = buf.data();
-                p.u.batch.file_offset = static_cast<off_t>(slot[n].off);
-                p.u.batch.devPtr_offset = static_cast<off_t>(uint64_t{n} * s.io_size);
-                p.u.batch.size = slot[n].len;
-                p.fh = s.cufile;
-                p.opcode = write ? phxcufile::CUFILE_WRITE : phxcufile::CUFILE_READ;
-                p.cookie = reinterpret_cast<void *>(uintptr_t{n});
-            }
-            if (n == 0)
-                break;
-            for (unsigned k = 0; k < n; ++k)
-                fill(k);
-            const auto t0 = Clock::now();
-            for (unsigned k = 0; k < n; ++k)
-                slot[k].t0 = t0;
-            if (auto e = cf->cuFileBatchIOSubmit(bh, n, ps.data(), 0);
-                e.err != phxcufile::CU_FILE_SUCCESS)
-                throw std::runtime_error("cuFileBatchIOSubmit: " + phxcufile::error_text(e));
-            for (unsigned got = 0; got < n;) {
-                unsigned m = n - got;
-                if (auto e = cf->cuFileBatchIOGetStatus(bh, 1, &m, evs.data(), nullptr);
-                    e.err != phxcufile::CU_FILE_SUCCESS)
-                    throw std::runtime_error("cuFileBatchIOGetStatus: " + phxcufile::error_text(e));
-                for (unsigned j = 0; j < m; ++j) {
-                    const auto k =
-                        static_cast<unsigned>(reinterpret_cast<uintptr_t>(evs[j].cookie));
-                    const bool ok = evs[j].status == phxcufile::CUFILE_COMPLETE;
-                    done(k, ok ? static_cast<int64_t>(evs[j].ret) : -1,
-                         ok ? "" : ("cuFile status " + std::to_string(evs[j].status)).c_str());
-                }
-                got += m;
-            }
-        }
-        return;
-    }
     if (o.batch) {
-        phxfs::Batch b(depth);
-        std::vector<phxfs_io> ios(depth);
-        std::vector<phxfs_completion> cs(depth);
+        // A phxfs batch, or cuFile's batch API (-x cufile): the same requests,
+        // submitted together and waited for.
+        const int fds[] = {s.fd};
+        const phxcufile::CUfileHandle_t cf_handles[] = {s.cufile};
+        BatchIo bio(o.device, buf.data(), fds, write, depth,
+                    cufile ? std::span(cf_handles) : std::span<const phxcufile::CUfileHandle_t>{});
+        std::vector<Piece> pieces(depth);
         while (!s.stop && !past_deadline()) {
             unsigned n = 0;
             for (; n < depth && req.next(slot[n].off, slot[n].len); ++n)
-                ios[n] = {file_->handle(),
-                          write ? PHXFS_OP_WRITE : PHXFS_OP_READ,
-                          0,
-                          buf.data(),
-                          n * s.io_size,
-                          slot[n].len,
-                          slot[n].off,
-                          reinterpret_cast<void *>(uintptr_t{n})};
+                pieces[n] = {0, slot[n].off, uint64_t{n} * s.io_size, slot[n].len};
             if (n == 0)
                 break;
             for (unsigned k = 0; k < n; ++k)
@@ -383,17 +218,14 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
             const auto t0 = Clock::now();
             for (unsigned k = 0; k < n; ++k)
                 slot[k].t0 = t0;
-            b.submit(ios.data(), n);
-            for (unsigned got = 0; got < n;) {
-                const unsigned m = b.reap(cs.data(), 1, n - got);
-                for (unsigned j = 0; j < m; ++j)
-                    done(static_cast<unsigned>(reinterpret_cast<uintptr_t>(cs[j].user_data)),
-                         cs[j].result, cs[j].error);
-                got += m;
-            }
+            bio.run(std::span(pieces).first(n), [&](size_t k, int64_t result, const char *error) {
+                done(static_cast<unsigned>(k), result, error);
+            });
         }
         return;
     }
+    phxfs::Device dev(o.device);
+    phxfs::File file(s.fd, dev);
     // --qd: a ring of futures, the oldest waited for first.
     std::vector<phxfs::Future> fs(depth);
     unsigned head = 0, inflight = 0;
@@ -406,8 +238,8 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
             fill(k);
             slot[k].t0 = Clock::now();
             char *p = static_cast<char *>(buf.data()) + uint64_t{k} * s.io_size;
-            fs[k] = write ? file_->pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
-                          : file_->pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
+            fs[k] = write ? file.pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
+                          : file.pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
             ++inflight;
         }
         if (!inflight)
@@ -634,67 +466,7 @@ void verify_written(const std::string &path, RunResult &res) {
         write_pattern(fd.get(), pos, res.file_size);
 }
 
-// -x cufile: the driver (opened once per process; closing it can take
-// seconds, so the process exit does) and the file's handle for one run.
-class CufileHandle {
-  public:
-    phxcufile::CUfileHandle_t open(int fd) {
-        api_ = phxcufile::api();
-        if (!api_)
-            throw std::runtime_error("-x cufile: " + phxcufile::why());
-        static std::once_flag once;
-        static phxcufile::CUfileError_t opened{};
-        std::call_once(once, [&] { opened = api_->cuFileDriverOpen(); });
-        if (opened.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileDriverOpen: " + phxcufile::error_text(opened));
-        phxcufile::CUfileDescr_t d{};
-        d.type = phxcufile::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
-        d.handle.fd = fd;
-        const auto e = api_->cuFileHandleRegister(&h_, &d);
-        if (e.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileHandleRegister: " + phxcufile::error_text(e));
-        return h_;
-    }
-    ~CufileHandle() {
-        if (h_)
-            api_->cuFileHandleDeregister(h_);
-    }
-
-  private:
-    const phxcufile::Api *api_ = nullptr;
-    phxcufile::CUfileHandle_t h_ = nullptr;
-};
-
 } // namespace
-
-uint64_t prepare_file(const std::string &path, uint64_t size, bool check_existing, bool &created) {
-    created = false;
-    struct stat st {};
-    const bool exists = ::stat(path.c_str(), &st) == 0;
-    if (exists && !S_ISREG(st.st_mode))
-        throw std::runtime_error(path + " is not a regular file");
-    if (!exists && size == 0)
-        throw std::runtime_error(path + " does not exist: give --size to create it");
-    if (exists && static_cast<uint64_t>(st.st_size) >= size && st.st_size > 0) {
-        const uint64_t n = size ? size : static_cast<uint64_t>(st.st_size);
-        if (check_existing) {
-            Fd fd = open_or_throw(path, O_RDONLY);
-            if (auto mm = check_pattern(fd.get(), 0, std::min<uint64_t>(n, 1 << 20)))
-                throw std::runtime_error(path + " does not hold the phxfs-bench pattern (offset " +
-                                         std::to_string(*mm) +
-                                         " differs): remove it, or run without --verify");
-        }
-        return n;
-    }
-    if (size == 0)
-        throw std::runtime_error(path + " is empty: give --size");
-    Fd fd = open_or_throw(path, O_CREAT | O_TRUNC | O_WRONLY);
-    write_pattern(fd.get(), 0, size);
-    if (::fsync(fd.get()) != 0)
-        throw std::runtime_error(errno_msg("fsync " + path));
-    created = true;
-    return size;
-}
 
 RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
     RunResult res;
@@ -726,7 +498,7 @@ RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
             errno_msg("open " + o.file + (o.cold ? " with O_DIRECT (--cold)" : "")));
 
     Shared s(o, io_size, file_size, fd.get(), o.threads);
-    CufileHandle cf_handle;
+    phxcufile::FileHandle cf_handle;
     if (o.path == PathType::cufile)
         s.cufile = cf_handle.open(fd.get());
     res.threads.resize(o.threads);

@@ -12,12 +12,6 @@
 
 namespace phxbench {
 
-// Makes `path` hold at least `size` bytes of the pattern: creates (or
-// recreates) it when missing or smaller. size 0 means "whatever is there".
-// Returns the size to run over; sets created when this call wrote the file.
-// With check_existing, an existing file must hold the pattern at its start.
-uint64_t prepare_file(const std::string &path, uint64_t size, bool check_existing, bool &created);
-
 struct ThreadResult {
     std::vector<uint64_t> latency_ns; // one per request
     uint64_t bytes = 0;
