@@ -1,4 +1,4 @@
-// workload.cpp - the data file and one timed run of phxfs-bench: each thread
+// workload.cpp - one timed run of phxfs-bench over a data file: each thread
 // owns a buffer and a region of the file (or random request-aligned offsets)
 // and times every request.
 #include "workload.hpp"
@@ -12,19 +12,15 @@
 #include <phxfs/phxfs.hpp>
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <latch>
 #include <map>
-#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -33,69 +29,15 @@ namespace phxbench {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-// Sets the library's mode for the run and restores the previous config.
-class ModeGuard {
-  public:
-    explicit ModeGuard(PathType p) {
-        if (p != PathType::compat && p != PathType::direct)
-            return;
-        saved_ = phxfs::get_config();
-        phxfs_config c = saved_;
-        c.mode = p == PathType::compat ? PHXFS_MODE_COMPAT : PHXFS_MODE_DIRECT;
-        phxfs::set_config(c);
-        active_ = true;
-    }
-    ~ModeGuard() {
-        if (active_)
-            phxfs_set_config(&saved_);
-    }
-    ModeGuard(const ModeGuard &) = delete;
-    ModeGuard &operator=(const ModeGuard &) = delete;
-
-  private:
-    phxfs_config saved_{};
-    bool active_ = false;
-};
-
-double tv_s(const timeval &tv) {
-    return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6;
-}
-
 // What every worker shares.
-struct Shared {
+struct Shared : RunControl {
     const Options &o;
     uint64_t io_size, file_size;
     int fd;
-    std::latch ready;
-    std::latch start{1};
-    Clock::time_point deadline = Clock::time_point::max();
-    std::atomic<bool> stop{false};
-    std::atomic<uint64_t> progress{0};
-    std::mutex m; // guards the failure fields
-    std::string error;
-    std::optional<uint64_t> mismatch;
-    std::string mismatch_detail;
-    std::string note;
     phxcufile::CUfileHandle_t cufile = nullptr; // -x cufile: the file's handle
 
-    Shared(const Options &opt, uint64_t io, uint64_t fs, int f, unsigned n)
-        : o(opt), io_size(io), file_size(fs), fd(f), ready(n) {}
-
-    void fail(const std::string &e) {
-        std::lock_guard lock(m);
-        if (error.empty())
-            error = e;
-        stop = true;
-    }
-    void mismatch_at(uint64_t off, const std::string &detail) {
-        std::lock_guard lock(m);
-        if (!mismatch || off < *mismatch) {
-            mismatch = off;
-            mismatch_detail = detail;
-        }
-        stop = true;
-    }
+    Shared(const Options &opt, uint64_t io, uint64_t fs, int f)
+        : RunControl(opt.threads), o(opt), io_size(io), file_size(fs), fd(f) {}
 };
 
 // The requests of one thread: its region in order, wrapping around, or
@@ -196,9 +138,6 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         buf.from_host(scratch.get(), uint64_t{k} * s.io_size, slot[k].len);
         r.written.emplace_back(slot[k].off, slot[k].len);
     };
-    auto past_deadline = [&] {
-        return s.deadline != Clock::time_point::max() && Clock::now() >= s.deadline;
-    };
     if (o.batch) {
         // A phxfs batch, or cuFile's batch API (-x cufile): the same requests,
         // submitted together and waited for.
@@ -207,7 +146,7 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         BatchIo bio(o.device, buf.data(), fds, write, depth,
                     cufile ? std::span(cf_handles) : std::span<const phxcufile::CUfileHandle_t>{});
         std::vector<Piece> pieces(depth);
-        while (!s.stop && !past_deadline()) {
+        while (!s.stop && !s.past_deadline()) {
             unsigned n = 0;
             for (; n < depth && req.next(slot[n].off, slot[n].len); ++n)
                 pieces[n] = {0, slot[n].off, uint64_t{n} * s.io_size, slot[n].len};
@@ -231,7 +170,7 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     unsigned head = 0, inflight = 0;
     bool more = true;
     while (!s.stop && (inflight || more)) {
-        while (more && inflight < depth && !past_deadline()) {
+        while (more && inflight < depth && !s.past_deadline()) {
             const unsigned k = (head + inflight) % depth;
             if (!(more = req.next(slot[k].off, slot[k].len)))
                 break;
@@ -254,7 +193,7 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         done(head, result, error.c_str());
         head = (head + 1) % depth;
         --inflight;
-        if (past_deadline())
+        if (s.past_deadline())
             more = false;
     }
 }
@@ -272,10 +211,8 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     bool cf_registered = false;
     try {
         buf.emplace(o.device, o.mem, s.io_size * std::max({o.batch, o.qd, 1u}), !naive && !cufile);
-        if (!buf->why_unregistered().empty() && t == 0) {
-            std::lock_guard lock(s.m);
-            s.note = "buffers not registered: " + buf->why_unregistered();
-        }
+        if (!buf->why_unregistered().empty() && t == 0)
+            s.set_note("buffers not registered: " + buf->why_unregistered());
         if (o.verify || naive || buf->on_gpu())
             scratch = alloc_host(s.io_size);
         if (naive) {
@@ -390,48 +327,6 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     }
 }
 
-// Prints "\r<bytes> <rate>" on stderr twice a second once the run has taken
-// over 2 s, when stderr is a terminal.
-class Progress {
-  public:
-    Progress(const Shared &s, uint64_t planned) : s_(s), planned_(planned) {
-        if (isatty(STDERR_FILENO))
-            th_ = std::jthread([this](std::stop_token st) { loop(st); });
-    }
-    ~Progress() {
-        if (th_.joinable()) {
-            th_.request_stop();
-            th_.join();
-            if (shown_)
-                std::fprintf(stderr, "\r\033[K");
-        }
-    }
-
-  private:
-    void loop(std::stop_token st) {
-        const auto t0 = Clock::now();
-        while (!st.stop_requested()) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            const double el = std::chrono::duration<double>(Clock::now() - t0).count();
-            if (el < 2 || ++ticks_ % 5 != 0)
-                continue;
-            const uint64_t b = s_.progress.load(std::memory_order_relaxed);
-            std::string pct;
-            if (planned_)
-                pct = " (" + std::to_string(b * 100 / planned_) + "%)";
-            std::fprintf(stderr, "\r\033[K[phxfs-bench] %s%s  %.2f GiB/s  %.0f s",
-                         human_bytes(b).c_str(), pct.c_str(),
-                         static_cast<double>(b) / el / (1 << 30), el);
-            shown_ = true;
-        }
-    }
-    const Shared &s_;
-    uint64_t planned_;
-    unsigned ticks_ = 0;
-    bool shown_ = false;
-    std::jthread th_;
-};
-
 // After a verified write run: the bytes written must hold the pattern; the
 // rest (zeroed before the run) gets the pattern back.
 void verify_written(const std::string &path, RunResult &res) {
@@ -497,61 +392,14 @@ RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
         throw std::runtime_error(
             errno_msg("open " + o.file + (o.cold ? " with O_DIRECT (--cold)" : "")));
 
-    Shared s(o, io_size, file_size, fd.get(), o.threads);
+    Shared s(o, io_size, file_size, fd.get());
     phxcufile::FileHandle cf_handle;
     if (o.path == PathType::cufile)
         s.cufile = cf_handle.open(fd.get());
-    res.threads.resize(o.threads);
     if (file_size / o.threads < 4096 && o.threads > 1 && !is_random(o.io))
         throw std::runtime_error("file too small for " + std::to_string(o.threads) +
                                  " threads (each needs a region of at least 4 KiB)");
-    phxfs_stats before{}, after{};
-    before.size = after.size = sizeof(phxfs_stats);
-    const bool stats_ok = o.path != PathType::naive && o.path != PathType::cufile &&
-                          phxfs_get_stats(o.device, &before) == 0;
-    {
-        std::vector<std::jthread> workers;
-        for (unsigned t = 0; t < o.threads; ++t)
-            workers.emplace_back([&s, t, &res] { worker(s, t, res.threads[t]); });
-        s.ready.wait();
-        rusage ru0{}, ru1{};
-        ::getrusage(RUSAGE_SELF, &ru0);
-        const auto t0 = Clock::now();
-        if (o.duration_s)
-            s.deadline = t0 + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(*o.duration_s));
-        {
-            Progress progress(s, res.planned_bytes);
-            s.start.count_down();
-            for (auto &w : workers)
-                w.join();
-        }
-        res.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
-        ::getrusage(RUSAGE_SELF, &ru1);
-        res.user_s = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
-        res.sys_s = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
-    }
-    if (stats_ok && phxfs_get_stats(o.device, &after) == 0) {
-        res.have_stats = true;
-        res.stats.size = sizeof res.stats;
-        for (int p = 0; p < PHXFS_PATH_COUNT; ++p) {
-            auto &d = res.stats.path[p];
-            const auto &a = after.path[p], &b = before.path[p];
-            d.read_bytes = a.read_bytes - b.read_bytes;
-            d.read_calls = a.read_calls - b.read_calls;
-            d.read_ns = a.read_ns - b.read_ns;
-            d.write_bytes = a.write_bytes - b.write_bytes;
-            d.write_calls = a.write_calls - b.write_calls;
-            d.write_ns = a.write_ns - b.write_ns;
-        }
-        res.stats.errors = after.errors - before.errors;
-        res.stats.fallbacks = after.fallbacks - before.fallbacks;
-        res.stats.registrations = after.registrations;
-    }
-    res.error = s.error;
-    res.note = s.note;
-    res.mismatch = s.mismatch;
-    res.mismatch_detail = s.mismatch_detail;
+    run_threads(o, s, res, [&s](unsigned t, ThreadResult &r) { worker(s, t, r); });
     if (write && o.verify && !res.error.empty()) {
         Fd restore = open_or_throw(o.file, O_WRONLY); // the run zeroed the file: undo that
         write_pattern(restore.get(), 0, file_size);
