@@ -93,13 +93,14 @@ void run_threads(const Options &o, RunControl &c, RunResult &res,
     res.threads.resize(o.threads);
     phxfs_stats before{}, after{};
     before.size = after.size = sizeof(phxfs_stats);
-    const bool stats_ok = o.path != PathType::naive && o.path != PathType::cufile &&
-                          phxfs_get_stats(o.device, &before) == 0;
+    bool stats_ok = false;
     {
         std::vector<std::jthread> workers;
         for (unsigned t = 0; t < o.threads; ++t)
             workers.emplace_back([&worker, t, &res] { worker(t, res.threads[t]); });
-        c.ready.wait();
+        c.ready.wait(); // what the workers did to get ready is not counted
+        stats_ok = o.path != PathType::naive && o.path != PathType::cufile &&
+                   phxfs_get_stats(o.device, &before) == 0;
         rusage ru0{}, ru1{};
         ::getrusage(RUSAGE_SELF, &ru0);
         const auto t0 = Clock::now();
