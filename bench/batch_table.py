@@ -4,10 +4,10 @@ records() and gb_per_s() are shared with kv_table.py (bench/kvcache.sh).
 """
 import json
 import sys
-from typing import Iterable, Iterator, Tuple
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
 
-def records(lines: Iterable[str]) -> Iterator[Tuple[str, dict]]:
+def records(lines: Iterable[str]) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """(label, phxfs-bench JSON record) for each "LABEL {json}" line."""
     for line in lines:
         if not line.strip():
@@ -16,9 +16,9 @@ def records(lines: Iterable[str]) -> Iterator[Tuple[str, dict]]:
         yield label, json.loads(text)
 
 
-def gb_per_s(r: dict) -> float:
+def gb_per_s(r: Dict[str, Any]) -> float:
     """Throughput in GB/s (10^9 bytes), as phxfs-bench measured it."""
-    return r["throughput_gib_s"] * (1 << 30) / 1e9
+    return float(r["throughput_gib_s"]) * (1 << 30) / 1e9
 
 
 def main() -> None:

@@ -8,21 +8,21 @@ own (the same requests: same shape, unit, blocks per request, pattern and
 seed), so a cuFile row shows how many times faster phxfs was.
 """
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from batch_table import gb_per_s, records
 
 Key = Tuple[str, str, int, str]
 
 
-def key(r: dict) -> Key:
+def key(r: Dict[str, Any]) -> Key:
     kv = r["kvcache"]
     return (kv["op"], kv["unit"], kv["blocks_per_request"], kv["pattern"])
 
 
 def main() -> None:
     limit: Optional[float] = None
-    rows: List[Tuple[str, dict]] = []
+    rows: List[Tuple[str, Dict[str, Any]]] = []
     for label, rest in ((ln.split(" ", 1) + [""])[:2] for ln in sys.stdin if ln.strip()):
         if label == "limit":
             limit = float(rest)
