@@ -6,7 +6,8 @@
 // that reference describes for 64-bit Linux, so the tools build without
 // cufile.h and run without libcufile (they then say that cuFile is missing).
 // Only what the benchmarks use: driver open/close, file handle and buffer
-// registration, synchronous read/write, and the batch API.
+// registration, synchronous read/write, and the batch API; and a file
+// handle that opens the driver once.
 #pragma once
 
 #include <dlfcn.h>
@@ -17,7 +18,9 @@
 #include <cstddef>
 #include <cstdlib>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace phxcufile {
 
@@ -167,5 +170,43 @@ inline std::string error_text(CUfileError_t e) {
              "ID_FS_USAGE), and allow_compat_mode in cufile.json";
     return s;
 }
+
+// -x cufile: a file's registered handle. The driver is opened by the first
+// one (once per process; closing it can take seconds, so the process exit
+// does). Throws std::runtime_error.
+class FileHandle {
+  public:
+    FileHandle() = default;
+    FileHandle(FileHandle &&o) noexcept : api_(o.api_), h_(std::exchange(o.h_, nullptr)) {}
+    FileHandle &operator=(FileHandle &&) = delete;
+    FileHandle(const FileHandle &) = delete;
+    ~FileHandle() {
+        if (h_)
+            api_->cuFileHandleDeregister(h_);
+    }
+
+    CUfileHandle_t open(int fd) {
+        api_ = api();
+        if (!api_)
+            throw std::runtime_error("-x cufile: " + why());
+        static std::once_flag once;
+        static CUfileError_t opened{};
+        std::call_once(once, [&] { opened = api_->cuFileDriverOpen(); });
+        if (opened.err != CU_FILE_SUCCESS)
+            throw std::runtime_error("cuFileDriverOpen: " + error_text(opened));
+        CUfileDescr_t d{};
+        d.type = CU_FILE_HANDLE_TYPE_OPAQUE_FD;
+        d.handle.fd = fd;
+        const auto e = api_->cuFileHandleRegister(&h_, &d);
+        if (e.err != CU_FILE_SUCCESS)
+            throw std::runtime_error("cuFileHandleRegister: " + error_text(e));
+        return h_;
+    }
+    CUfileHandle_t get() const { return h_; }
+
+  private:
+    const Api *api_ = nullptr;
+    CUfileHandle_t h_ = nullptr;
+};
 
 } // namespace phxcufile

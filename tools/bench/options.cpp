@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <map>
@@ -82,6 +83,9 @@ std::vector<uint64_t> parse_size_sweep(const std::string &s) {
 bool is_write(IoType t) {
     return t == IoType::write || t == IoType::randwrite;
 }
+bool writes(const Options &o) {
+    return is_write(o.io) || (o.io == IoType::kvcache && o.kv.store);
+}
 bool is_random(IoType t) {
     return t == IoType::randread || t == IoType::randwrite;
 }
@@ -96,8 +100,15 @@ const char *name(IoType t) {
         return "RANDREAD";
     case IoType::randwrite:
         return "RANDWRITE";
+    case IoType::kvcache:
+        return "KVCACHE";
     }
     return "?";
+}
+const char *io_name(const Options &o) {
+    if (o.io == IoType::kvcache)
+        return o.kv.store ? "KV-STORE" : "KV-RESTORE";
+    return name(o.io);
 }
 const char *name(MemType t) {
     switch (t) {
@@ -142,6 +153,86 @@ std::string human_bytes(uint64_t n) {
     return buf;
 }
 
+namespace {
+
+// The kvcache workload's options (--kv-*).
+void add_kv_options(CLI::App &app, KvOptions &kv) {
+    const auto g = "kvcache (-I kvcache)";
+    const auto num = [&](const char *flag, unsigned &v, const char *what, unsigned max = 1u << 24) {
+        app.add_option(flag, v, what)->group(g)->capture_default_str()->check(CLI::Range(1u, max));
+    };
+    num("--kv-layers", kv.layers, "model layers", 4096);
+    num("--kv-heads", kv.heads, "KV heads", 4096);
+    num("--kv-head-dim", kv.head_dim, "head dimension", 65536);
+    num("--kv-dtype-bytes", kv.dtype_bytes, "bytes per element (2: fp16/bf16)", 16);
+    num("--kv-block-tokens", kv.block_tokens, "tokens per block", 1u << 20);
+    num("--kv-blocks", kv.blocks, "blocks per request (the prefix restored or stored)");
+    app.add_option("--kv-store-blocks", kv.store_blocks, "blocks in the store (default 4 x blocks)")
+        ->group(g)
+        ->check(CLI::Range(1u, 1u << 30));
+    num("--kv-chunk-blocks", kv.chunk_blocks,
+        "blocks per chunk: the store's unit of placement (a file each with --kv-layout chunks)");
+    num("--kv-prefixes", kv.prefixes, "distinct prefixes the requests choose among");
+    app.add_option("--kv-pool-blocks", kv.pool_blocks,
+                   "slots of each thread's block pool (default: blocks per request)")
+        ->group(g)
+        ->check(CLI::Range(1u, 1u << 30));
+    num("--kv-requests", kv.requests, "requests per thread (unless -T)");
+    app.add_option("--kv-seed", kv.seed, "seed of the prefix and slot choices")
+        ->group(g)
+        ->capture_default_str();
+    app.add_option("--kv-zipf-s", kv.zipf_s, "Zipf exponent of prefix popularity")
+        ->group(g)
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 10.0));
+    const auto choice = [&](const char *flag, bool &v, const char *off, const char *on,
+                            const char *what) {
+        app.add_option_function<std::string>(
+               flag, [&v, on](const std::string &x) { v = x == on; }, what)
+            ->group(g)
+            ->check(CLI::IsMember({off, on}))
+            ->default_str(off);
+    };
+    choice("--kv-layout", kv.chunk_files, "file", "chunks",
+           "file: one file of every block; chunks: -f is a directory with a file per chunk");
+    choice("--kv-pattern", kv.zipf, "random", "zipf",
+           "which prefix a request takes: uniform, or Zipf-popular (--kv-zipf-s)");
+    choice("--kv-op", kv.store, "restore", "store", "restore: store -> pool; store: pool -> store");
+    choice("--kv-unit", kv.whole_blocks, "layer", "block",
+           "a transfer per layer of a block, or per whole block (all layers)");
+    choice("--kv-submit", kv.per_layer, "request", "layer",
+           "one batch per request, or one per layer (each waited for in turn)");
+}
+
+void check_kv_options(Options &o, bool file_options) {
+    KvOptions &kv = o.kv;
+    if (file_options)
+        throw std::invalid_argument(
+            "-I kvcache: sizes come from the --kv-* options (no -s, -i, -b or --qd)");
+    if (o.path == PathType::naive)
+        throw std::invalid_argument("-I kvcache runs through libphxfs or cuFile, not -x naive");
+    if (uint64_t{kv.blocks} * kv.layers > (1u << 24))
+        throw std::invalid_argument("-I kvcache: over 2^24 transfers per request");
+    if (kv.pieces_per_submit() > 65536 && !o.batch)
+        throw std::invalid_argument("-I kvcache: over 65536 transfers per batch; give --batch");
+    if (kv.whole_blocks && kv.per_layer)
+        throw std::invalid_argument("--kv-submit layer needs --kv-unit layer");
+    if (!kv.store_blocks)
+        kv.store_blocks = static_cast<unsigned>(std::min<uint64_t>(
+            uint64_t{4} * kv.blocks, (1u << 30) / kv.chunk_blocks * kv.chunk_blocks));
+    kv.store_blocks = (kv.store_blocks + kv.chunk_blocks - 1) / kv.chunk_blocks * kv.chunk_blocks;
+    if (kv.store_blocks < kv.blocks)
+        throw std::invalid_argument("--kv-store-blocks must be at least --kv-blocks");
+    if (!kv.pool_blocks)
+        kv.pool_blocks = kv.blocks;
+    if (kv.pool_blocks < kv.blocks)
+        throw std::invalid_argument("--kv-pool-blocks must be at least --kv-blocks");
+    if (kv.layer_bytes() > (uint64_t{1} << 40) / kv.layers / kv.store_blocks)
+        throw std::invalid_argument("-I kvcache: a store over 1 TiB");
+}
+
+} // namespace
+
 Options parse_options(int argc, char **argv) {
     Options o;
     CLI::App app{"phxfs-bench: a gdsio-like load generator for libphxfs. Moves a generated file "
@@ -152,7 +243,8 @@ Options parse_options(int argc, char **argv) {
     const std::map<std::string, IoType> io_map{{"read", IoType::read},
                                                {"write", IoType::write},
                                                {"randread", IoType::randread},
-                                               {"randwrite", IoType::randwrite}};
+                                               {"randwrite", IoType::randwrite},
+                                               {"kvcache", IoType::kvcache}};
     const std::map<std::string, MemType> mem_map{
         {"device", MemType::device}, {"pinned", MemType::pinned}, {"pageable", MemType::pageable}};
     const std::map<std::string, PathType> path_map{{"phxfs", PathType::phxfs},
@@ -164,16 +256,17 @@ Options parse_options(int argc, char **argv) {
                    "the data file (created with the pattern when missing "
                    "or smaller than --size)")
         ->required();
-    app.add_option("-s,--size", size_s,
-                   "file size, with K M G T suffixes (default: the size of "
-                   "an existing file)");
-    app.add_option("-i,--io-size", io_s, "request size, or a sweep min:max:step (step +N or xN)")
-        ->capture_default_str();
+    auto *size_opt = app.add_option("-s,--size", size_s,
+                                    "file size, with K M G T suffixes (default: the size of "
+                                    "an existing file)");
+    auto *io_opt = app.add_option("-i,--io-size", io_s,
+                                  "request size, or a sweep min:max:step (step +N or xN)")
+                       ->capture_default_str();
     app.add_option("-t,--threads", o.threads, "threads, each with its own buffer")
         ->capture_default_str()
         ->check(CLI::Range(1u, 1024u));
     std::string io_name = "read", mem_name = "device", path_name = "phxfs";
-    app.add_option("-I,--io", io_name, "read|write|randread|randwrite")
+    app.add_option("-I,--io", io_name, "read|write|randread|randwrite|kvcache")
         ->check(CLI::IsMember(io_map, CLI::ignore_case))
         ->capture_default_str();
     app.add_option("-d,--gpu", o.device, "phxfs device id")->capture_default_str();
@@ -200,13 +293,16 @@ Options parse_options(int argc, char **argv) {
     app.add_flag("--keep", o.keep, "keep a file this run created (default: remove it)");
     auto *batch = app.add_option("--batch", o.batch,
                                  "each thread submits N requests at once as a phxfs batch and "
-                                 "reaps them (libphxfs paths)")
+                                 "reaps them (libphxfs paths; cuFile's batch API with -x "
+                                 "cufile); -I kvcache: transfers in flight at most (default: all "
+                                 "of a batch)")
                       ->check(CLI::Range(1u, 65536u));
     auto *qd = app.add_option("--qd", o.qd,
                               "each thread keeps N futures in flight (phxfs_file_read_async; "
                               "libphxfs paths)")
                    ->check(CLI::Range(1u, 65536u));
     batch->excludes(qd);
+    add_kv_options(app, o.kv);
     try {
         app.parse(argc, argv);
         const auto lower = [](std::string v) {
@@ -234,6 +330,8 @@ Options parse_options(int argc, char **argv) {
                                         "cufile --batch)");
         if (o.qd && o.path == PathType::cufile)
             throw std::invalid_argument("-x cufile has batches (--batch), not futures (--qd)");
+        if (o.io == IoType::kvcache)
+            check_kv_options(o, *size_opt || *io_opt || *tot || *qd);
     } catch (const CLI::ParseError &e) {
         std::exit(app.exit(e) == 0 ? 0 : 1);
     } catch (const std::invalid_argument &e) {

@@ -1,6 +1,8 @@
 // report.cpp - the results of a phxfs-bench run.
 #include "report.hpp"
 
+#include "kvcache.hpp"
+
 #include <algorithm>
 #include <cstdio>
 
@@ -23,11 +25,14 @@ std::string path_line(const Options &o, const RunResult &r) {
                          " host buffer and a synchronous copy; libphxfs not used)"
                    : "Path: naive (pread/pwrite straight on the host buffer; libphxfs not used)";
     if (o.path == PathType::cufile)
-        return "Path: cuFile (cuFileRead/cuFileWrite, buffers registered with cuFileBufRegister; "
-               "libphxfs not used)";
+        return o.batch || o.io == IoType::kvcache
+                   ? "Path: cuFile batch API (cuFileBatchIOSubmit, batches of at most 128; "
+                     "libphxfs not used)"
+                   : "Path: cuFile (cuFileRead/cuFileWrite, buffers registered with "
+                     "cuFileBufRegister; libphxfs not used)";
     if (!r.have_stats)
         return "Path: unknown (phxfs_get_stats failed)";
-    const bool w = is_write(o.io);
+    const bool w = writes(o);
     const auto &d = r.stats.path[PHXFS_PATH_DIRECT];
     const auto &c = r.stats.path[PHXFS_PATH_COMPAT];
     const uint64_t db = w ? d.write_bytes : d.read_bytes, cb = w ? c.write_bytes : c.read_bytes;
@@ -66,14 +71,20 @@ Summary summarize(const Options &o, const RunResult &r) {
     double busiest = 0;
     for (const ThreadResult &t : r.threads) {
         s.bytes += t.bytes;
+        s.blocks += t.blocks;
         all.insert(all.end(), t.latency_ns.begin(), t.latency_ns.end());
         busiest = std::max(busiest, static_cast<double>(t.io_ns) / 1e9);
     }
     s.ops = all.size();
     // Reads with --verify check every request inline: time only the I/O then.
-    s.io_s = o.verify && !is_write(o.io) ? busiest : r.wall_s;
-    if (s.io_s > 0)
+    // kvcache: always the time inside requests (they are prepared and checked
+    // between them).
+    s.io_s = (o.verify && !writes(o)) || o.io == IoType::kvcache ? busiest : r.wall_s;
+    if (s.io_s > 0) {
         s.gib_per_s = static_cast<double>(s.bytes) / s.io_s / (1ull << 30);
+        s.gb_per_s = static_cast<double>(s.bytes) / s.io_s / 1e9;
+        s.blocks_per_s = static_cast<double>(s.blocks) / s.io_s;
+    }
     if (all.empty())
         return s;
     std::sort(all.begin(), all.end());
@@ -93,7 +104,7 @@ Summary summarize(const Options &o, const RunResult &r) {
 }
 
 std::string text_report(const Options &o, const RunResult &r, const Summary &s) {
-    std::string line = std::string("IoType: ") + name(o.io) + " XferType: " + xfer_type(o) +
+    std::string line = std::string("IoType: ") + io_name(o) + " XferType: " + xfer_type(o) +
                        " Threads: " + std::to_string(o.threads) +
                        " DataSetSize: " + std::to_string(s.bytes >> 10) + "/" +
                        std::to_string((r.planned_bytes ? r.planned_bytes : s.bytes) >> 10) +
@@ -105,19 +116,25 @@ std::string text_report(const Options &o, const RunResult &r, const Summary &s) 
                        " secs cpu: user " + fmt("%.2f", r.user_s) + " sys " + fmt("%.2f", r.sys_s);
     line +=
         "\n" + path_line(o, r) + ", mem " + name(o.mem) + ", device " + std::to_string(o.device);
+    if (o.io == IoType::kvcache)
+        line += "\nKV: " + kv_describe(o) + ": " + fmt("%.2f", s.gb_per_s) + " GB/s, " +
+                fmt("%.0f", s.blocks_per_s) + " blocks/s, per request p50 " +
+                fmt("%.3f", s.p50_us / 1e3) + " ms p99 " + fmt("%.3f", s.p99_us / 1e3) + " ms";
     if (!r.note.empty())
         line += "\nNote: " + r.note;
     if (o.verify && r.error.empty())
         line += r.verified
                     ? "\nVerify: OK (" + human_bytes(s.bytes) + " checked against the pattern)"
-                    : "\nVerify: FAILED at file offset " + std::to_string(*r.mismatch) +
+                    : std::string("\nVerify: FAILED at ") +
+                          (o.io == IoType::kvcache ? "store" : "file") + " offset " +
+                          std::to_string(*r.mismatch) +
                           (r.mismatch_detail.empty() ? "" : " (" + r.mismatch_detail + ")");
     return line;
 }
 
 nlohmann::json json_report(const Options &o, const RunResult &r, const Summary &s) {
     nlohmann::json j = {
-        {"io_type", name(o.io)},
+        {"io_type", io_name(o)},
         {"xfer_type", xfer_type(o)},
         {"path_option", name(o.path)},
         {"mem", name(o.mem)},
@@ -141,8 +158,35 @@ nlohmann::json json_report(const Options &o, const RunResult &r, const Summary &
         {"cpu_s", {{"user", r.user_s}, {"sys", r.sys_s}}},
         {"cold", o.cold},
     };
+    if (o.io == IoType::kvcache) {
+        const KvOptions &kv = o.kv;
+        j["kvcache"] = {{"op", kv.store ? "store" : "restore"},
+                        {"layers", kv.layers},
+                        {"kv_heads", kv.heads},
+                        {"head_dim", kv.head_dim},
+                        {"dtype_bytes", kv.dtype_bytes},
+                        {"block_tokens", kv.block_tokens},
+                        {"layer_bytes", kv.layer_bytes()},
+                        {"block_bytes", kv.block_bytes()},
+                        {"blocks_per_request", kv.blocks},
+                        {"unit", kv.whole_blocks ? "block" : "layer"},
+                        {"submit", kv.per_layer ? "layer" : "request"},
+                        {"depth", o.batch ? o.batch : kv.pieces_per_submit()},
+                        {"layout", kv.chunk_files ? "chunks" : "file"},
+                        {"store_blocks", kv.store_blocks},
+                        {"chunk_blocks", kv.chunk_blocks},
+                        {"pattern", kv.zipf ? "zipf" : "random"},
+                        {"zipf_s", kv.zipf_s},
+                        {"prefixes", kv.prefixes},
+                        {"pool_blocks", kv.pool_blocks},
+                        {"seed", kv.seed},
+                        {"requests", s.ops},
+                        {"blocks", s.blocks},
+                        {"gb_s", s.gb_per_s},
+                        {"blocks_per_s", s.blocks_per_s}};
+    }
     if (r.have_stats) {
-        const bool w = is_write(o.io);
+        const bool w = writes(o);
         const auto &d = r.stats.path[PHXFS_PATH_DIRECT];
         const auto &c = r.stats.path[PHXFS_PATH_COMPAT];
         j["paths"] = {{"direct",

@@ -16,6 +16,8 @@ struct Summary {
     double io_s = 0; // the time throughput is computed over
     double gib_per_s = 0;
     double avg_us = 0, p50_us = 0, p99_us = 0, min_us = 0, max_us = 0;
+    uint64_t blocks = 0; // kvcache: KV blocks moved
+    double gb_per_s = 0, blocks_per_s = 0;
 };
 
 Summary summarize(const Options &o, const RunResult &r);

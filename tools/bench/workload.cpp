@@ -1,28 +1,26 @@
-// workload.cpp - the data file and one timed run of phxfs-bench: each thread
+// workload.cpp - one timed run of phxfs-bench over a data file: each thread
 // owns a buffer and a region of the file (or random request-aligned offsets)
 // and times every request.
 #include "workload.hpp"
 
+#include "batch_io.hpp"
 #include "cufile_api.hpp"
+#include "datafile.hpp"
 #include "memory.hpp"
 #include "pattern.hpp"
 
 #include <phxfs/phxfs.hpp>
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <latch>
 #include <map>
-#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -31,167 +29,15 @@ namespace phxbench {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr size_t kChunk = 16 << 20; // file generation and checks
-
-std::string errno_msg(const std::string &what) {
-    return what + ": " + std::strerror(errno);
-}
-
-// An owned file descriptor.
-class Fd {
-  public:
-    explicit Fd(int fd = -1) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0)
-            ::close(fd_);
-    }
-    Fd(Fd &&o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    Fd &operator=(Fd &&) = delete;
-    Fd(const Fd &) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
-Fd open_or_throw(const std::string &path, int flags, mode_t mode = 0644) {
-    Fd fd(::open(path.c_str(), flags | O_CLOEXEC, mode));
-    if (fd.get() < 0)
-        throw std::runtime_error(errno_msg("open " + path));
-    return fd;
-}
-
-void pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
-    const auto *p = static_cast<const uint8_t *>(buf);
-    while (n) {
-        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            throw std::runtime_error(errno_msg("pwrite at " + std::to_string(off)));
-        p += w, n -= static_cast<size_t>(w), off += static_cast<uint64_t>(w);
-    }
-}
-
-// Reads n bytes; returns fewer only at end of file.
-size_t pread_all(int fd, void *buf, size_t n, uint64_t off) {
-    auto *p = static_cast<uint8_t *>(buf);
-    size_t done = 0;
-    while (done < n) {
-        const ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            throw std::runtime_error(errno_msg("pread at " + std::to_string(off + done)));
-        if (r == 0)
-            break;
-        done += static_cast<size_t>(r);
-    }
-    return done;
-}
-
-void write_pattern(int fd, uint64_t from, uint64_t to) {
-    HostBuffer buf = alloc_host(kChunk);
-    for (uint64_t off = from; off < to; off += kChunk) {
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
-        fill_pattern(buf.get(), len, off);
-        pwrite_all(fd, buf.get(), len, off);
-    }
-}
-
-// Checks [from, to) of the file against the pattern with plain pread;
-// returns the first offset that differs.
-std::optional<uint64_t> check_pattern(int fd, uint64_t from, uint64_t to) {
-    HostBuffer buf = alloc_host(kChunk);
-    for (uint64_t off = from; off < to; off += kChunk) {
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunk, to - off));
-        const size_t got = pread_all(fd, buf.get(), len, off);
-        const size_t mm = first_mismatch(buf.get(), got, off);
-        if (mm < got)
-            return off + mm;
-        if (got < len)
-            return off + got; // the file ends early
-    }
-    return std::nullopt;
-}
-
-// Makes [0, n) of the file read as zeros, so that a verified write run must
-// really write every byte it claims to. Keeps the blocks allocated where the
-// file system can.
-void zero_range(int fd, uint64_t n) {
-    if (::fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, static_cast<off_t>(n)) == 0)
-        return;
-    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(n)) == 0)
-        return;
-    HostBuffer buf = alloc_host(kChunk);
-    std::memset(buf.get(), 0, kChunk);
-    for (uint64_t off = 0; off < n; off += kChunk)
-        pwrite_all(fd, buf.get(), static_cast<size_t>(std::min<uint64_t>(kChunk, n - off)), off);
-}
-
-// Sets the library's mode for the run and restores the previous config.
-class ModeGuard {
-  public:
-    explicit ModeGuard(PathType p) {
-        if (p != PathType::compat && p != PathType::direct)
-            return;
-        saved_ = phxfs::get_config();
-        phxfs_config c = saved_;
-        c.mode = p == PathType::compat ? PHXFS_MODE_COMPAT : PHXFS_MODE_DIRECT;
-        phxfs::set_config(c);
-        active_ = true;
-    }
-    ~ModeGuard() {
-        if (active_)
-            phxfs_set_config(&saved_);
-    }
-    ModeGuard(const ModeGuard &) = delete;
-    ModeGuard &operator=(const ModeGuard &) = delete;
-
-  private:
-    phxfs_config saved_{};
-    bool active_ = false;
-};
-
-double tv_s(const timeval &tv) {
-    return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6;
-}
-
 // What every worker shares.
-struct Shared {
+struct Shared : RunControl {
     const Options &o;
     uint64_t io_size, file_size;
     int fd;
-    std::latch ready;
-    std::latch start{1};
-    Clock::time_point deadline = Clock::time_point::max();
-    std::atomic<bool> stop{false};
-    std::atomic<uint64_t> progress{0};
-    std::mutex m; // guards the failure fields
-    std::string error;
-    std::optional<uint64_t> mismatch;
-    std::string mismatch_detail;
-    std::string note;
     phxcufile::CUfileHandle_t cufile = nullptr; // -x cufile: the file's handle
 
-    Shared(const Options &opt, uint64_t io, uint64_t fs, int f, unsigned n)
-        : o(opt), io_size(io), file_size(fs), fd(f), ready(n) {}
-
-    void fail(const std::string &e) {
-        std::lock_guard lock(m);
-        if (error.empty())
-            error = e;
-        stop = true;
-    }
-    void mismatch_at(uint64_t off, const std::string &detail) {
-        std::lock_guard lock(m);
-        if (!mismatch || off < *mismatch) {
-            mismatch = off;
-            mismatch_detail = detail;
-        }
-        stop = true;
-    }
+    Shared(const Options &opt, uint64_t io, uint64_t fs, int f)
+        : RunControl(opt.threads), o(opt), io_size(io), file_size(fs), fd(f) {}
 };
 
 // The requests of one thread: its region in order, wrapping around, or
@@ -264,12 +110,6 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
     const unsigned depth = std::max(o.batch, o.qd);
     Requests req(s, t);
     const bool cufile = o.path == PathType::cufile;
-    std::optional<phxfs::Device> dev;
-    std::optional<phxfs::File> file_;
-    if (!cufile) {
-        dev.emplace(o.device);
-        file_.emplace(s.fd, *dev);
-    }
     struct InFlight {
         uint64_t off = 0, len = 0;
         Clock::time_point t0;
@@ -298,84 +138,18 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         buf.from_host(scratch.get(), uint64_t{k} * s.io_size, slot[k].len);
         r.written.emplace_back(slot[k].off, slot[k].len);
     };
-    auto past_deadline = [&] {
-        return s.deadline != Clock::time_point::max() && Clock::now() >= s.deadline;
-    };
-    if (o.batch && o.path == PathType::cufile) {
-        // cuFile's batch API: the same requests, submitted and waited for
-        // together (its batches hold at most 128 by default).
-        const phxcufile::Api *cf = phxcufile::api();
-        if (!cf || !cf->cuFileBatchIOSetUp || !cf->cuFileBatchIOSubmit ||
-            !cf->cuFileBatchIOGetStatus || !cf->cuFileBatchIODestroy)
-            throw std::runtime_error("-x cufile --batch: no cuFile batch API (" +
-                                     (cf ? cf->library : phxcufile::why()) + ")");
-        phxcufile::CUfileBatchHandle_t bh = nullptr;
-        if (auto e = cf->cuFileBatchIOSetUp(&bh, depth); e.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileBatchIOSetUp(" + std::to_string(depth) +
-                                     "): " + phxcufile::error_text(e));
-        struct Destroy {
-            const phxcufile::Api *cf;
-            phxcufile::CUfileBatchHandle_t bh;
-            ~Destroy() { cf->cuFileBatchIODestroy(bh); }
-        } destroy{cf, bh};
-        std::vector<phxcufile::CUfileIOParams_t> ps(depth);
-        std::vector<phxcufile::CUfileIOEvents_t> evs(depth);
-        while (!s.stop && !past_deadline()) {
-            unsigned n = 0;
-            for (; n < depth && req.next(slot[n].off, slot[n].len); ++n) {
-                phxcufile::CUfileIOParams_t &p = ps[n];
-                p = {};
-                p.mode = phxcufile::CUFILE_BATCH;
-                p.u.batch.devPtr_base = buf.data();
-                p.u.batch.file_offset = static_cast<off_t>(slot[n].off);
-                p.u.batch.devPtr_offset = static_cast<off_t>(uint64_t{n} * s.io_size);
-                p.u.batch.size = slot[n].len;
-                p.fh = s.cufile;
-                p.opcode = write ? phxcufile::CUFILE_WRITE : phxcufile::CUFILE_READ;
-                p.cookie = reinterpret_cast<void *>(uintptr_t{n});
-            }
-            if (n == 0)
-                break;
-            for (unsigned k = 0; k < n; ++k)
-                fill(k);
-            const auto t0 = Clock::now();
-            for (unsigned k = 0; k < n; ++k)
-                slot[k].t0 = t0;
-            if (auto e = cf->cuFileBatchIOSubmit(bh, n, ps.data(), 0);
-                e.err != phxcufile::CU_FILE_SUCCESS)
-                throw std::runtime_error("cuFileBatchIOSubmit: " + phxcufile::error_text(e));
-            for (unsigned got = 0; got < n;) {
-                unsigned m = n - got;
-                if (auto e = cf->cuFileBatchIOGetStatus(bh, 1, &m, evs.data(), nullptr);
-                    e.err != phxcufile::CU_FILE_SUCCESS)
-                    throw std::runtime_error("cuFileBatchIOGetStatus: " + phxcufile::error_text(e));
-                for (unsigned j = 0; j < m; ++j) {
-                    const auto k =
-                        static_cast<unsigned>(reinterpret_cast<uintptr_t>(evs[j].cookie));
-                    const bool ok = evs[j].status == phxcufile::CUFILE_COMPLETE;
-                    done(k, ok ? static_cast<int64_t>(evs[j].ret) : -1,
-                         ok ? "" : ("cuFile status " + std::to_string(evs[j].status)).c_str());
-                }
-                got += m;
-            }
-        }
-        return;
-    }
     if (o.batch) {
-        phxfs::Batch b(depth);
-        std::vector<phxfs_io> ios(depth);
-        std::vector<phxfs_completion> cs(depth);
-        while (!s.stop && !past_deadline()) {
+        // A phxfs batch, or cuFile's batch API (-x cufile): the same requests,
+        // submitted together and waited for.
+        const int fds[] = {s.fd};
+        const phxcufile::CUfileHandle_t cf_handles[] = {s.cufile};
+        BatchIo bio(o.device, buf.data(), fds, write, depth,
+                    cufile ? std::span(cf_handles) : std::span<const phxcufile::CUfileHandle_t>{});
+        std::vector<Piece> pieces(depth);
+        while (!s.stop && !s.past_deadline()) {
             unsigned n = 0;
             for (; n < depth && req.next(slot[n].off, slot[n].len); ++n)
-                ios[n] = {file_->handle(),
-                          write ? PHXFS_OP_WRITE : PHXFS_OP_READ,
-                          0,
-                          buf.data(),
-                          n * s.io_size,
-                          slot[n].len,
-                          slot[n].off,
-                          reinterpret_cast<void *>(uintptr_t{n})};
+                pieces[n] = {0, slot[n].off, uint64_t{n} * s.io_size, slot[n].len};
             if (n == 0)
                 break;
             for (unsigned k = 0; k < n; ++k)
@@ -383,31 +157,28 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
             const auto t0 = Clock::now();
             for (unsigned k = 0; k < n; ++k)
                 slot[k].t0 = t0;
-            b.submit(ios.data(), n);
-            for (unsigned got = 0; got < n;) {
-                const unsigned m = b.reap(cs.data(), 1, n - got);
-                for (unsigned j = 0; j < m; ++j)
-                    done(static_cast<unsigned>(reinterpret_cast<uintptr_t>(cs[j].user_data)),
-                         cs[j].result, cs[j].error);
-                got += m;
-            }
+            bio.run(std::span(pieces).first(n), [&](size_t k, int64_t result, const char *error) {
+                done(static_cast<unsigned>(k), result, error);
+            });
         }
         return;
     }
+    phxfs::Device dev(o.device);
+    phxfs::File file(s.fd, dev);
     // --qd: a ring of futures, the oldest waited for first.
     std::vector<phxfs::Future> fs(depth);
     unsigned head = 0, inflight = 0;
     bool more = true;
     while (!s.stop && (inflight || more)) {
-        while (more && inflight < depth && !past_deadline()) {
+        while (more && inflight < depth && !s.past_deadline()) {
             const unsigned k = (head + inflight) % depth;
             if (!(more = req.next(slot[k].off, slot[k].len)))
                 break;
             fill(k);
             slot[k].t0 = Clock::now();
             char *p = static_cast<char *>(buf.data()) + uint64_t{k} * s.io_size;
-            fs[k] = write ? file_->pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
-                          : file_->pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
+            fs[k] = write ? file.pwrite(p, slot[k].len, static_cast<off_t>(slot[k].off))
+                          : file.pread(p, slot[k].len, static_cast<off_t>(slot[k].off));
             ++inflight;
         }
         if (!inflight)
@@ -422,7 +193,7 @@ void queued_worker(Shared &s, unsigned t, ThreadResult &r, IoBuffer &buf, HostBu
         done(head, result, error.c_str());
         head = (head + 1) % depth;
         --inflight;
-        if (past_deadline())
+        if (s.past_deadline())
             more = false;
     }
 }
@@ -440,10 +211,8 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     bool cf_registered = false;
     try {
         buf.emplace(o.device, o.mem, s.io_size * std::max({o.batch, o.qd, 1u}), !naive && !cufile);
-        if (!buf->why_unregistered().empty() && t == 0) {
-            std::lock_guard lock(s.m);
-            s.note = "buffers not registered: " + buf->why_unregistered();
-        }
+        if (!buf->why_unregistered().empty() && t == 0)
+            s.set_note("buffers not registered: " + buf->why_unregistered());
         if (o.verify || naive || buf->on_gpu())
             scratch = alloc_host(s.io_size);
         if (naive) {
@@ -558,48 +327,6 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     }
 }
 
-// Prints "\r<bytes> <rate>" on stderr twice a second once the run has taken
-// over 2 s, when stderr is a terminal.
-class Progress {
-  public:
-    Progress(const Shared &s, uint64_t planned) : s_(s), planned_(planned) {
-        if (isatty(STDERR_FILENO))
-            th_ = std::jthread([this](std::stop_token st) { loop(st); });
-    }
-    ~Progress() {
-        if (th_.joinable()) {
-            th_.request_stop();
-            th_.join();
-            if (shown_)
-                std::fprintf(stderr, "\r\033[K");
-        }
-    }
-
-  private:
-    void loop(std::stop_token st) {
-        const auto t0 = Clock::now();
-        while (!st.stop_requested()) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            const double el = std::chrono::duration<double>(Clock::now() - t0).count();
-            if (el < 2 || ++ticks_ % 5 != 0)
-                continue;
-            const uint64_t b = s_.progress.load(std::memory_order_relaxed);
-            std::string pct;
-            if (planned_)
-                pct = " (" + std::to_string(b * 100 / planned_) + "%)";
-            std::fprintf(stderr, "\r\033[K[phxfs-bench] %s%s  %.2f GiB/s  %.0f s",
-                         human_bytes(b).c_str(), pct.c_str(),
-                         static_cast<double>(b) / el / (1 << 30), el);
-            shown_ = true;
-        }
-    }
-    const Shared &s_;
-    uint64_t planned_;
-    unsigned ticks_ = 0;
-    bool shown_ = false;
-    std::jthread th_;
-};
-
 // After a verified write run: the bytes written must hold the pattern; the
 // rest (zeroed before the run) gets the pattern back.
 void verify_written(const std::string &path, RunResult &res) {
@@ -634,67 +361,7 @@ void verify_written(const std::string &path, RunResult &res) {
         write_pattern(fd.get(), pos, res.file_size);
 }
 
-// -x cufile: the driver (opened once per process; closing it can take
-// seconds, so the process exit does) and the file's handle for one run.
-class CufileHandle {
-  public:
-    phxcufile::CUfileHandle_t open(int fd) {
-        api_ = phxcufile::api();
-        if (!api_)
-            throw std::runtime_error("-x cufile: " + phxcufile::why());
-        static std::once_flag once;
-        static phxcufile::CUfileError_t opened{};
-        std::call_once(once, [&] { opened = api_->cuFileDriverOpen(); });
-        if (opened.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileDriverOpen: " + phxcufile::error_text(opened));
-        phxcufile::CUfileDescr_t d{};
-        d.type = phxcufile::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
-        d.handle.fd = fd;
-        const auto e = api_->cuFileHandleRegister(&h_, &d);
-        if (e.err != phxcufile::CU_FILE_SUCCESS)
-            throw std::runtime_error("cuFileHandleRegister: " + phxcufile::error_text(e));
-        return h_;
-    }
-    ~CufileHandle() {
-        if (h_)
-            api_->cuFileHandleDeregister(h_);
-    }
-
-  private:
-    const phxcufile::Api *api_ = nullptr;
-    phxcufile::CUfileHandle_t h_ = nullptr;
-};
-
 } // namespace
-
-uint64_t prepare_file(const std::string &path, uint64_t size, bool check_existing, bool &created) {
-    created = false;
-    struct stat st {};
-    const bool exists = ::stat(path.c_str(), &st) == 0;
-    if (exists && !S_ISREG(st.st_mode))
-        throw std::runtime_error(path + " is not a regular file");
-    if (!exists && size == 0)
-        throw std::runtime_error(path + " does not exist: give --size to create it");
-    if (exists && static_cast<uint64_t>(st.st_size) >= size && st.st_size > 0) {
-        const uint64_t n = size ? size : static_cast<uint64_t>(st.st_size);
-        if (check_existing) {
-            Fd fd = open_or_throw(path, O_RDONLY);
-            if (auto mm = check_pattern(fd.get(), 0, std::min<uint64_t>(n, 1 << 20)))
-                throw std::runtime_error(path + " does not hold the phxfs-bench pattern (offset " +
-                                         std::to_string(*mm) +
-                                         " differs): remove it, or run without --verify");
-        }
-        return n;
-    }
-    if (size == 0)
-        throw std::runtime_error(path + " is empty: give --size");
-    Fd fd = open_or_throw(path, O_CREAT | O_TRUNC | O_WRONLY);
-    write_pattern(fd.get(), 0, size);
-    if (::fsync(fd.get()) != 0)
-        throw std::runtime_error(errno_msg("fsync " + path));
-    created = true;
-    return size;
-}
 
 RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
     RunResult res;
@@ -725,61 +392,14 @@ RunResult run_workload(const Options &o, uint64_t io_size, uint64_t file_size) {
         throw std::runtime_error(
             errno_msg("open " + o.file + (o.cold ? " with O_DIRECT (--cold)" : "")));
 
-    Shared s(o, io_size, file_size, fd.get(), o.threads);
-    CufileHandle cf_handle;
+    Shared s(o, io_size, file_size, fd.get());
+    phxcufile::FileHandle cf_handle;
     if (o.path == PathType::cufile)
         s.cufile = cf_handle.open(fd.get());
-    res.threads.resize(o.threads);
     if (file_size / o.threads < 4096 && o.threads > 1 && !is_random(o.io))
         throw std::runtime_error("file too small for " + std::to_string(o.threads) +
                                  " threads (each needs a region of at least 4 KiB)");
-    phxfs_stats before{}, after{};
-    before.size = after.size = sizeof(phxfs_stats);
-    const bool stats_ok = o.path != PathType::naive && o.path != PathType::cufile &&
-                          phxfs_get_stats(o.device, &before) == 0;
-    {
-        std::vector<std::jthread> workers;
-        for (unsigned t = 0; t < o.threads; ++t)
-            workers.emplace_back([&s, t, &res] { worker(s, t, res.threads[t]); });
-        s.ready.wait();
-        rusage ru0{}, ru1{};
-        ::getrusage(RUSAGE_SELF, &ru0);
-        const auto t0 = Clock::now();
-        if (o.duration_s)
-            s.deadline = t0 + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(*o.duration_s));
-        {
-            Progress progress(s, res.planned_bytes);
-            s.start.count_down();
-            for (auto &w : workers)
-                w.join();
-        }
-        res.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
-        ::getrusage(RUSAGE_SELF, &ru1);
-        res.user_s = tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime);
-        res.sys_s = tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime);
-    }
-    if (stats_ok && phxfs_get_stats(o.device, &after) == 0) {
-        res.have_stats = true;
-        res.stats.size = sizeof res.stats;
-        for (int p = 0; p < PHXFS_PATH_COUNT; ++p) {
-            auto &d = res.stats.path[p];
-            const auto &a = after.path[p], &b = before.path[p];
-            d.read_bytes = a.read_bytes - b.read_bytes;
-            d.read_calls = a.read_calls - b.read_calls;
-            d.read_ns = a.read_ns - b.read_ns;
-            d.write_bytes = a.write_bytes - b.write_bytes;
-            d.write_calls = a.write_calls - b.write_calls;
-            d.write_ns = a.write_ns - b.write_ns;
-        }
-        res.stats.errors = after.errors - before.errors;
-        res.stats.fallbacks = after.fallbacks - before.fallbacks;
-        res.stats.registrations = after.registrations;
-    }
-    res.error = s.error;
-    res.note = s.note;
-    res.mismatch = s.mismatch;
-    res.mismatch_detail = s.mismatch_detail;
+    run_threads(o, s, res, [&s](unsigned t, ThreadResult &r) { worker(s, t, r); });
     if (write && o.verify && !res.error.empty()) {
         Fd restore = open_or_throw(o.file, O_WRONLY); // the run zeroed the file: undo that
         write_pattern(restore.get(), 0, file_size);
