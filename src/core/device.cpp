@@ -92,7 +92,8 @@ std::shared_ptr<Session> Device::make_session() {
             s->why_not_direct = e.what();
         }
     }
-    s->compat = std::make_unique<CompatEngine>(*s->backend, stats_.staging_bytes());
+    s->workers = std::make_unique<WorkerPool>();
+    s->compat = std::make_unique<CompatEngine>(*s->backend, *s->workers, stats_.staging_bytes());
     return s;
 }
 

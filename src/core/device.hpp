@@ -15,6 +15,7 @@
 
 #include "core/stats.hpp"
 #include "engine/compat.hpp"
+#include "engine/workers.hpp"
 #include "kernel/kmod.hpp"
 #include "memory/memory.hpp"
 
@@ -31,10 +32,14 @@ namespace phxfs::core {
 
 struct GroupRequest;
 
-// What an open device owns.
+// What an open device owns. Nothing of it is shared with another device:
+// its staging memory and copy streams (compat's lanes), its workers and its
+// backend (a GPU's primary context) are its own, so devices never wait for
+// one another.
 struct Session {
     std::unique_ptr<Backend> backend;
-    std::unique_ptr<CompatEngine> compat; // uses *backend
+    std::unique_ptr<WorkerPool> workers;  // the threads that join this device's requests
+    std::unique_ptr<CompatEngine> compat; // uses *backend and *workers
     std::unique_ptr<KmodNode> node;       // null where the direct path cannot run
     std::string why_not_direct;           // empty when node serves the device
 };
