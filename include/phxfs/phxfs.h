@@ -16,6 +16,19 @@
  * Device ids: when CUDA GPUs are present, device id N is CUDA device N.
  * Otherwise ids count the /dev/phxfsN nodes of the kernel module; a machine
  * with neither has one device, 0, whose memory is host memory.
+ * PHXFS_HOST_DEVICES=N (read once, at the first call) adds N devices of host
+ * memory after all others.
+ *
+ * Several devices: each open device has its own staging memory (allocated
+ * on its PCI device's NUMA node where sysfs names one), copy streams,
+ * workers and futures executor, so I/O on one never waits for another's;
+ * a batch's requests on several devices run on them at once.
+ *
+ * The cross-device rule: memory of one GPU is used only with that GPU's
+ * device id. Given another device's id (another GPU's, or a host-memory
+ * device's), a call fails with EXDEV, and its message names the device id
+ * the memory belongs to; it is never routed to the owner. Host memory may
+ * be used with any device id, managed memory with any GPU's.
  */
 #ifndef PHXFS_H
 #define PHXFS_H
@@ -66,8 +79,10 @@ int phxfs_close(int deviceID);
  * The range may start and end anywhere; the library widens it to the
  * device's page size internally and keeps the caller's offsets exact.
  * Errors: ENODEV, EBADF (device not open), EINVAL (NULL target_addr, zero
- * length, range overflows), EEXIST (overlaps a registered range), EFAULT (not
- * memory of this device), ENOMEM.
+ * length, range overflows), EEXIST (overlaps a registered range), EXDEV
+ * (memory of another GPU: the cross-device rule above), EFAULT (not memory
+ * this device can use), ENOMEM. Registrations are per device: the same host
+ * range may be registered on two devices.
  */
 int phxfs_regmem(int device_id, const void *addr, size_t len,
 		 void **target_addr);
@@ -98,7 +113,8 @@ typedef struct phxfs_fileid {
  * with holes (read as zeros), more than 2 GiB in one call.
  * Returns the number of bytes read, short only at end of file, or -1.
  * Errors: EBADF (bad fd, fd not open for reading, device not open), ENODEV,
- * EINVAL (negative offsets, overflowing ranges), EFAULT (buf not usable),
+ * EINVAL (negative offsets, overflowing ranges), EXDEV (buf is memory of
+ * another GPU than fid.deviceID's: use its own id), EFAULT (buf not usable),
  * EIO, and ENOTSUP in PHXFS_MODE_DIRECT when the direct path cannot serve.
  */
 ssize_t phxfs_read(phxfs_fileid_t fid, void *buf, off_t buf_offset,
@@ -320,7 +336,10 @@ struct phxfs_device_info {
 	char why_not_direct[128]; /* empty when direct == 1 */
 	/* Since 0.2 (a smaller size gets the fields above only): */
 	uint32_t page_type;	/* enum phxfs_page_type */
-	uint32_t reserved;
+	/* Since 0.3 (was reserved, 0): the NUMA node the device's PCI device
+	 * hangs off, where its staging memory is allocated; -1 when sysfs does
+	 * not say (one node) and for host memory. */
+	int32_t numa_node;
 };
 
 /* Number of devices, or -1. */

@@ -182,6 +182,7 @@ class DeviceInfo:
     pci_bus_id: str
     why_not_direct: str
     page_type: str
+    numa_node: int = -1  # where the device's staging memory comes from; -1: not known
 
 
 def device_info(device_id: int = 0) -> DeviceInfo:

@@ -483,6 +483,7 @@ nb::dict device_info(int device) {
     d["pci_bus_id"] = str(i.pci_bus_id, sizeof i.pci_bus_id);
     d["why_not_direct"] = str(i.why_not_direct, sizeof i.why_not_direct);
     d["page_type"] = i.page_type < 3 ? pages[i.page_type] : "unknown";
+    d["numa_node"] = i.numa_node;
     return d;
 }
 

@@ -42,11 +42,12 @@ class AsyncOp {
 
 // Starts a read (write = false) or write of n bytes between buf and the
 // file of handle (a HandleTable key) at off. Throws EBADF for a handle that
-// is not open, EAGAIN when Batch::kMaxDepth futures are in flight.
+// is not open, EAGAIN when Batch::kMaxDepth futures are in flight on the
+// handle's device (each device has a futures batch, and executor, of its own).
 std::shared_ptr<AsyncOp> submit_async(uintptr_t handle, bool write, const void *buf, size_t n,
                                       uint64_t off);
 
-// In a child of fork(): futures start a batch of their own.
+// In a child of fork(): futures start batches of their own.
 void futures_after_fork_child();
 
 } // namespace phxfs::core

@@ -4,6 +4,7 @@
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/request.hpp"
+#include "engine/workers.hpp"
 
 #include <unistd.h>
 
@@ -144,6 +145,9 @@ void check_request(const phxfs_io &io) {
 // stays cancelable.
 constexpr unsigned kMaxGroup = 1024;
 
+// The most runs of one group (requests of one device) that go at once.
+constexpr size_t kMaxParallelRuns = 64;
+
 } // namespace
 
 // The executor wakes when requests are pending and runs them in groups of
@@ -207,18 +211,56 @@ void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &g
             g.error = std::current_exception();
         }
     }
-    // Runs of requests on one device go to it together.
-    for (size_t a = 0; a < group.size();) {
-        if (group[a].error) {
-            ++a;
-            continue;
-        }
-        const int dev = slots_[taken[a]].handle->device_id();
+    // Runs of requests on one device go to it together; where the group
+    // spans several devices, their runs go at the same time (the caller's
+    // thread and the process-wide pool's), so that no device's requests
+    // wait for another device's I/O.
+    auto device_of = [&](size_t i) { return slots_[taken[i]].handle->device_id(); };
+    auto run_end = [&](size_t a) {
         size_t b = a + 1;
-        while (b < group.size() && !group[b].error && slots_[taken[b]].handle->device_id() == dev)
+        while (b < group.size() && !group[b].error && device_of(b) == device_of(a))
             ++b;
-        device(dev).io_group(&group[a], b - a);
-        a = b;
+        return b;
+    };
+    int one = -1;
+    bool several = false;
+    for (size_t i = 0; i < group.size() && !several; ++i) {
+        if (group[i].error)
+            continue;
+        several = one >= 0 && device_of(i) != one;
+        one = device_of(i);
+    }
+    if (!several) {
+        for (size_t a = 0; a < group.size();) {
+            if (group[a].error) {
+                ++a;
+                continue;
+            }
+            const size_t b = run_end(a);
+            device(device_of(a)).io_group(&group[a], b - a);
+            a = b;
+        }
+    } else {
+        std::vector<std::pair<size_t, size_t>> runs;
+        for (size_t a = 0; a < group.size();) {
+            const size_t b = group[a].error ? a + 1 : run_end(a);
+            if (!group[a].error)
+                runs.emplace_back(a, b);
+            a = b;
+        }
+        std::atomic<size_t> next{0};
+        run_parallel(static_cast<unsigned>(std::min<size_t>(runs.size(), kMaxParallelRuns)), [&] {
+            for (size_t k; (k = next.fetch_add(1)) < runs.size();) {
+                const auto [a, b] = runs[k];
+                try {
+                    device(device_of(a)).io_group(&group[a], b - a);
+                } catch (...) { // out of memory: the run's undecided requests fail
+                    for (size_t i = a; i < b; ++i)
+                        if (!group[i].done && !group[i].error)
+                            group[i].error = std::current_exception();
+                }
+            }
+        });
     }
     for (size_t i = 0; i < taken.size(); ++i)
         finish(slots_[taken[i]], group[i]);

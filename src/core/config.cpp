@@ -5,6 +5,7 @@
 #include "core/trace.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <mutex>
@@ -19,6 +20,10 @@ namespace {
 std::mutex cfg_mutex;
 bool cfg_loaded = false;
 Config cfg_current;
+// Bumped (under cfg_mutex) whenever cfg_current changes: a thread whose copy
+// is of the current generation takes no lock (every request of every device
+// asks for the configuration several times). 0: not loaded.
+std::atomic<uint64_t> cfg_generation{0};
 
 unsigned default_threads() {
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
@@ -69,6 +74,7 @@ void load_locked() {
         return;
     cfg_current = config_from_env();
     cfg_loaded = true;
+    cfg_generation.fetch_add(1, std::memory_order_release);
 }
 
 } // namespace
@@ -89,10 +95,17 @@ Config config_from_env() {
 }
 
 Config config() {
+    thread_local uint64_t seen = 0;
+    thread_local Config copy;
+    const uint64_t gen = cfg_generation.load(std::memory_order_acquire);
+    if (gen != 0 && gen == seen)
+        return copy;
     install_fork_handler();
     std::lock_guard lock(cfg_mutex);
     load_locked();
-    return cfg_current;
+    copy = cfg_current;
+    seen = cfg_generation.load(std::memory_order_relaxed);
+    return copy;
 }
 
 void config_after_fork_child() {
@@ -106,6 +119,7 @@ void config_after_fork_child() {
             cfg_loaded = false;
         }
     }
+    cfg_generation.fetch_add(1); // no thread's copy is trusted
 }
 
 void set_config(const Config &c) {
@@ -113,6 +127,7 @@ void set_config(const Config &c) {
     std::lock_guard lock(cfg_mutex);
     cfg_current = c;
     cfg_loaded = true;
+    cfg_generation.fetch_add(1, std::memory_order_release);
 }
 
 } // namespace phxfs::core

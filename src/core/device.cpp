@@ -59,6 +59,7 @@ std::unique_ptr<Device> Device::fresh_for_child() const {
                                       why_not_direct_);
     d->opened_before_fork_ = opened_before_fork_ || opens_ > 0;
     d->node_flags_ = node_flags_;
+    d->numa_node_ = numa_node_;
     // The parent's node stays open in the parent; the child's copy of the
     // fd is of no use to it and would keep the module's file alive.
     if (const int fd = node_fd_.load(); fd >= 0)
@@ -79,8 +80,8 @@ const std::shared_ptr<Session> &Device::session_locked() const {
 
 std::shared_ptr<Session> Device::make_session() {
     auto s = std::make_shared<Session>();
-    s->backend =
-        kind_ == PHXFS_DEVICE_CUDA ? make_cuda_backend(cuda_ordinal_) : make_host_backend();
+    s->backend = kind_ == PHXFS_DEVICE_CUDA ? make_cuda_backend(cuda_ordinal_, numa_node_)
+                                            : make_host_backend(numa_node_);
     s->why_not_direct = why_not_direct_;
     if (kmod_index_ >= 0 && why_not_direct_.empty()) {
         try {
@@ -92,7 +93,8 @@ std::shared_ptr<Session> Device::make_session() {
             s->why_not_direct = e.what();
         }
     }
-    s->compat = std::make_unique<CompatEngine>(*s->backend, stats_.staging_bytes());
+    s->workers = std::make_unique<WorkerPool>();
+    s->compat = std::make_unique<CompatEngine>(*s->backend, *s->workers, stats_.staging_bytes());
     return s;
 }
 
@@ -396,6 +398,7 @@ void Device::info(phxfs_device_info &out) const {
     out.page_type = kmod_index_ < 0                   ? PHXFS_PAGES_NONE
                     : node_flags_ & PHXFS_INFO_P2PDMA ? PHXFS_PAGES_P2PDMA
                                                       : PHXFS_PAGES_GENERIC;
+    out.numa_node = numa_node_;
 }
 
 void Device::config_changed(size_t staging_bytes) {

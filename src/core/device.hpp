@@ -15,6 +15,7 @@
 
 #include "core/stats.hpp"
 #include "engine/compat.hpp"
+#include "engine/workers.hpp"
 #include "kernel/kmod.hpp"
 #include "memory/memory.hpp"
 
@@ -31,10 +32,14 @@ namespace phxfs::core {
 
 struct GroupRequest;
 
-// What an open device owns.
+// What an open device owns. Nothing of it is shared with another device:
+// its staging memory and copy streams (compat's lanes), its workers and its
+// backend (a GPU's primary context) are its own, so devices never wait for
+// one another.
 struct Session {
     std::unique_ptr<Backend> backend;
-    std::unique_ptr<CompatEngine> compat; // uses *backend
+    std::unique_ptr<WorkerPool> workers;  // the threads that join this device's requests
+    std::unique_ptr<CompatEngine> compat; // uses *backend and *workers
     std::unique_ptr<KmodNode> node;       // null where the direct path cannot run
     std::string why_not_direct;           // empty when node serves the device
 };
@@ -97,6 +102,9 @@ class Device {
     void info(phxfs_device_info &out) const;
     // What the module's node says of its pages (discovery; PHXFS_INFO_*).
     void set_node_flags(uint32_t flags) { node_flags_ = flags; }
+    // The NUMA node of the device's PCI device (discovery; -1: none known):
+    // its staging memory is allocated there.
+    void set_numa_node(int node) { numa_node_ = node; }
     void stats(phxfs_stats &out) const;
     void reset_stats() { stats_.reset(); }
     // The configuration changed: idle staging memory over the new budget goes.
@@ -128,6 +136,7 @@ class Device {
     const std::string why_not_direct_; // from discovery; empty if the module serves it
     bool opened_before_fork_ = false;  // in a child: the parent had it open
     uint32_t node_flags_ = 0;
+    int numa_node_ = -1;
 
     // reg_ops_ serialises the calls that change the session or the
     // registrations (open, close, regmem, deregmem), which may take long

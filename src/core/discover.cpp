@@ -1,13 +1,17 @@
 // Device discovery: which ids exist and what each one is. CUDA GPUs take ids
 // 0..G-1 in CUDA's order and are matched to the phxfs.ko node serving the
 // same PCI device; nodes serving no GPU (pcibar) follow; a machine with
-// neither has one host-memory device.
+// neither has one host-memory device. PHXFS_HOST_DEVICES=N puts N
+// host-memory devices after all of those (several devices on any machine:
+// tests, and a GPU machine's host devices beside its GPUs).
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/fork.hpp"
+#include "memory/numa.hpp"
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <mutex>
 
@@ -78,7 +82,23 @@ int match_node(std::vector<NodeSeen> &nodes, const std::string &bus_id, std::str
     return -1;
 }
 
+// How many host-memory devices PHXFS_HOST_DEVICES asks for; -1 when unset.
+int host_devices_from_env() {
+    constexpr long kMax = 64;
+    const char *v = std::getenv("PHXFS_HOST_DEVICES");
+    if (!v || !*v)
+        return -1;
+    char *end = nullptr;
+    errno = 0;
+    const long n = std::strtol(v, &end, 10);
+    if (errno || *end || n < 0 || n > kMax)
+        fail(EINVAL, std::string("PHXFS_HOST_DEVICES='") + v + "': expected a number within 0.." +
+                         std::to_string(kMax));
+    return static_cast<int>(n);
+}
+
 std::vector<std::unique_ptr<Device>> discover() {
+    const int host_devices = host_devices_from_env();
     std::vector<std::unique_ptr<Device>> out;
     std::vector<NodeSeen> nodes = scan_nodes();
     for (const GpuInfo &g : cuda_gpus()) {
@@ -90,6 +110,7 @@ std::vector<std::unique_ptr<Device>> discover() {
         for (const NodeSeen &n : nodes)
             if (n.index == index)
                 out.back()->set_node_flags(n.info.flags);
+        out.back()->set_numa_node(pci_numa_node(g.pci_bus_id));
     }
     for (const NodeSeen &n : nodes) {
         if (n.claimed)
@@ -104,8 +125,13 @@ std::vector<std::unique_ptr<Device>> discover() {
         out.push_back(std::make_unique<Device>(id, PHXFS_DEVICE_PCIBAR, -1, n.index,
                                                "pcibar " + n.bus_id, n.bus_id, n.error));
         out.back()->set_node_flags(n.info.flags);
+        out.back()->set_numa_node(pci_numa_node(n.bus_id));
     }
-    if (out.empty())
+    for (int i = 0, n = host_devices < 0 && out.empty() ? 1 : host_devices; i < n; ++i)
+        out.push_back(std::make_unique<Device>(static_cast<int>(out.size()), PHXFS_DEVICE_HOST, -1,
+                                               -1, "host memory", "",
+                                               "host memory is not device memory"));
+    if (out.empty()) // PHXFS_HOST_DEVICES=0 on a machine with nothing else
         out.push_back(std::make_unique<Device>(0, PHXFS_DEVICE_HOST, -1, -1, "host memory", "",
                                                "host memory is not device memory"));
     return out;

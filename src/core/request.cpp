@@ -223,10 +223,10 @@ size_t run_request(Session &s, Stats &stats, const Request &req) {
         char *mapped = r.direct + (a - off);
         const uint64_t unit = fi.dio_offset_align;
         if (write) {
-            direct_write(sp.dfd, mapped, len, a, unit);
+            direct_write(*s.workers, sp.dfd, mapped, len, a, unit);
             return len;
         }
-        return direct_read(sp.dfd, mapped, len, a, unit);
+        return direct_read(*s.workers, sp.dfd, mapped, len, a, unit);
     };
     struct Segment {
         uint64_t a, b;

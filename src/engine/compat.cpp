@@ -176,7 +176,7 @@ void CompatEngine::run(const Config &cfg, unsigned max_width, size_t nchunks, si
     const unsigned width =
         static_cast<unsigned>(std::min<size_t>(std::min(cfg.threads, max_width), nchunks));
     const auto caller = std::this_thread::get_id();
-    run_parallel(width, [&] {
+    workers_.run(width, [&] {
         const bool is_caller = std::this_thread::get_id() == caller;
         auto lane = is_caller ? lanes_.acquire(chunk_bytes, cfg.staging_bytes)
                               : lanes_.try_acquire(chunk_bytes, cfg.staging_bytes);
@@ -362,7 +362,7 @@ CompatEngine::Half CompatEngine::pack(Lane &lane, int which, Piece *pieces, size
 template <typename Io>
 void CompatEngine::fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io) {
     std::atomic<size_t> next{h.first};
-    run_parallel(fill_width(cfg, h.last - h.first), [&] {
+    workers_.run(fill_width(cfg, h.last - h.first), [&] {
         for (size_t i; (i = next.fetch_add(1)) < h.last;) {
             if (pieces[i].error)
                 continue;

@@ -6,6 +6,7 @@
 #include "core/config.hpp"
 #include "engine/fileio.hpp"
 #include "engine/lanes.hpp"
+#include "engine/workers.hpp"
 #include "memory/memory.hpp"
 
 #include <cstddef>
@@ -16,8 +17,9 @@ namespace phxfs::core {
 
 class CompatEngine {
   public:
-    CompatEngine(Backend &backend, std::atomic<uint64_t> &staging_held)
-        : lanes_(backend, staging_held) {}
+    // Requests run on workers (the device's pool) and its backend's lanes.
+    CompatEngine(Backend &backend, WorkerPool &workers, std::atomic<uint64_t> &staging_held)
+        : workers_(workers), lanes_(backend, staging_held) {}
 
     // Reads up to n bytes at file offset off into buf (memory of `kind`);
     // returns the bytes read, short only at end of file.
@@ -62,6 +64,7 @@ class CompatEngine {
     void run(const Config &cfg, unsigned max_width, size_t nchunks, size_t chunk_bytes,
              MemKind kind, ChunkLoop &&loop);
 
+    WorkerPool &workers_;
     LanePool lanes_;
 };
 

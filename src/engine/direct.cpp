@@ -17,7 +17,8 @@ namespace {
 // Splits the request into chunks and runs op(chunk offset, length) on up to
 // `threads` participants; returns the end of contiguous data (reads stop at
 // the first short chunk).
-template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, uint64_t unit, Op &&op) {
+template <typename Op>
+uint64_t run_chunks(WorkerPool &workers, size_t n, uint64_t off, uint64_t unit, Op &&op) {
     const Config cfg = config();
     const uint64_t chunk = align_up(cfg.chunk_bytes, unit); // every piece whole units
     const size_t nchunks = (n + chunk - 1) / chunk;
@@ -27,7 +28,7 @@ template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, uint64_t unit
     std::exception_ptr error;
     uint64_t data_end = off + n;
 
-    run_parallel(static_cast<unsigned>(std::min<size_t>(cfg.threads, nchunks)), [&] {
+    workers.run(static_cast<unsigned>(std::min<size_t>(cfg.threads, nchunks)), [&] {
         try {
             for (size_t i; !failed && (i = next++) < nchunks;) {
                 const uint64_t a = i * chunk, len = std::min<uint64_t>(chunk, n - a);
@@ -51,15 +52,17 @@ template <typename Op> uint64_t run_chunks(size_t n, uint64_t off, uint64_t unit
 
 } // namespace
 
-size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off, uint64_t unit) {
-    const uint64_t end = run_chunks(n, off, unit, [&](uint64_t a, uint64_t len) {
+size_t direct_read(WorkerPool &workers, int dfd, char *mapped, size_t n, uint64_t off,
+                   uint64_t unit) {
+    const uint64_t end = run_chunks(workers, n, off, unit, [&](uint64_t a, uint64_t len) {
         return pread_full(dfd, mapped + a, len, off + a);
     });
     return static_cast<size_t>(end - off);
 }
 
-void direct_write(int dfd, const char *mapped, size_t n, uint64_t off, uint64_t unit) {
-    run_chunks(n, off, unit, [&](uint64_t a, uint64_t len) {
+void direct_write(WorkerPool &workers, int dfd, const char *mapped, size_t n, uint64_t off,
+                  uint64_t unit) {
+    run_chunks(workers, n, off, unit, [&](uint64_t a, uint64_t len) {
         pwrite_full(dfd, mapped + a, len, off + a);
         return len;
     });

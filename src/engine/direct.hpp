@@ -8,12 +8,16 @@
 
 namespace phxfs::core {
 
+class WorkerPool;
+
 // Reads [off, off + n) of O_DIRECT fd dfd into mapped, offsets and length
 // multiples of the file's direct-I/O unit, with up to the configured number
 // of requests in flight, each a multiple of unit; returns the bytes read
-// (short at end of file).
-size_t direct_read(int dfd, char *mapped, size_t n, uint64_t off, uint64_t unit);
+// (short at end of file). The requests run on workers (the device's pool).
+size_t direct_read(WorkerPool &workers, int dfd, char *mapped, size_t n, uint64_t off,
+                   uint64_t unit);
 // Writes n bytes from mapped at off, with the same constraints, or throws.
-void direct_write(int dfd, const char *mapped, size_t n, uint64_t off, uint64_t unit);
+void direct_write(WorkerPool &workers, int dfd, const char *mapped, size_t n, uint64_t off,
+                  uint64_t unit);
 
 } // namespace phxfs::core

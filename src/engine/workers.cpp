@@ -22,78 +22,82 @@ struct Task {
     bool closed = false; // the caller returned: late runs are skipped
 };
 
-class Pool {
-  public:
-    // Queues `copies` runs of task, with at least `threads` workers.
-    void post(const std::shared_ptr<Task> &task, unsigned copies, unsigned threads) {
-        {
-            std::lock_guard lock(m_);
-            // Enough workers for the widest request seen; they idle on the queue.
-            for (; threads_ < std::min(threads, 256u); ++threads_)
-                std::thread([this] { loop(); }).detach();
-            for (unsigned i = 0; i < copies; ++i)
-                queue_.push_back(task);
-        }
-        cv_.notify_all();
+void run_task(Task &t) {
+    {
+        std::lock_guard lock(t.m);
+        if (t.closed)
+            return;
+        ++t.running;
     }
-
-  private:
-    void loop() {
-        for (;;) {
-            std::shared_ptr<Task> task;
-            {
-                std::unique_lock lock(m_);
-                cv_.wait(lock, [this] { return !queue_.empty(); });
-                task = std::move(queue_.front());
-                queue_.pop_front();
-            }
-            run(*task);
-        }
+    t.body();
+    {
+        std::lock_guard lock(t.m);
+        --t.running;
     }
-
-    static void run(Task &t) {
-        {
-            std::lock_guard lock(t.m);
-            if (t.closed)
-                return;
-            ++t.running;
-        }
-        t.body();
-        {
-            std::lock_guard lock(t.m);
-            --t.running;
-        }
-        t.cv.notify_all();
-    }
-
-    std::mutex m_;
-    std::condition_variable cv_;
-    std::deque<std::shared_ptr<Task>> queue_;
-    unsigned threads_ = 0; // detached: they live as long as the process
-};
-
-// The pool of this process. A child of fork() has none of the parent's
-// threads, and the parent's pool may be mid-change (its lock held by a
-// thread that does not exist in the child), so the child starts a new pool
-// and never touches the old one.
-std::atomic<Pool *> the_pool{nullptr};
-
-Pool &pool() {
-    static std::once_flag once;
-    std::call_once(once, [] { the_pool = new Pool; });
-    return *the_pool.load();
+    t.cv.notify_all();
 }
 
 } // namespace
 
-void run_parallel(unsigned width, const std::function<void()> &body) {
+// A pool's queue and workers. Workers hold it by shared_ptr, so a pool may
+// go (a device's, in tests) while they finish; they leave once it is gone
+// and the queue is empty.
+struct WorkerPool::State {
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<std::shared_ptr<Task>> queue;
+    unsigned threads = 0; // detached
+    bool stopping = false;
+
+    static void loop(const std::shared_ptr<State> &self) {
+        State &s = *self;
+        for (;;) {
+            std::shared_ptr<Task> task;
+            {
+                std::unique_lock lock(s.m);
+                s.cv.wait(lock, [&] { return s.stopping || !s.queue.empty(); });
+                if (s.queue.empty())
+                    return; // stopping
+                task = std::move(s.queue.front());
+                s.queue.pop_front();
+            }
+            run_task(*task);
+        }
+    }
+};
+
+WorkerPool::WorkerPool() : state_(std::make_shared<State>()) {}
+
+WorkerPool::~WorkerPool() {
+    {
+        std::lock_guard lock(state_->m);
+        state_->stopping = true;
+    }
+    state_->cv.notify_all();
+}
+
+unsigned WorkerPool::threads() const {
+    std::lock_guard lock(state_->m);
+    return state_->threads;
+}
+
+void WorkerPool::run(unsigned width, const std::function<void()> &body) {
     if (width <= 1) {
         body();
         return;
     }
     auto task = std::make_shared<Task>();
     task->body = body;
-    pool().post(task, width - 1, width - 1);
+    const unsigned copies = width - 1;
+    {
+        std::lock_guard lock(state_->m);
+        // Enough workers for the widest request seen; they idle on the queue.
+        for (; state_->threads < std::min(copies, 256u); ++state_->threads)
+            std::thread([s = state_] { State::loop(s); }).detach();
+        for (unsigned i = 0; i < copies; ++i)
+            state_->queue.push_back(task);
+    }
+    state_->cv.notify_all();
     // However the caller's share ends (an exception included), no pool
     // worker may run the body afterwards: it refers to the caller's frame.
     struct Join {
@@ -107,9 +111,29 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
     body();
 }
 
+namespace {
+
+// The process-wide pool. A child of fork() has none of the parent's
+// threads, and the parent's pool may be mid-change (its lock held by a
+// thread that does not exist in the child), so the child starts a new pool
+// and never touches the old one.
+std::atomic<WorkerPool *> the_pool{nullptr};
+
+} // namespace
+
+WorkerPool &shared_workers() {
+    static std::once_flag once;
+    std::call_once(once, [] { the_pool = new WorkerPool; });
+    return *the_pool.load();
+}
+
+void run_parallel(unsigned width, const std::function<void()> &body) {
+    shared_workers().run(width, body);
+}
+
 void workers_after_fork_child() {
     if (the_pool.load())
-        the_pool = new Pool; // the old one is left as it is: its threads are gone
+        the_pool = new WorkerPool; // the old one is left as it is: its threads are gone
 }
 
 } // namespace phxfs::core

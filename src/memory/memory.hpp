@@ -20,6 +20,14 @@ struct MemInfo {
 
 MemInfo classify(const void *p);
 
+// The cross-device rule: memory of one GPU (cudaMalloc, the virtual memory
+// API) goes only with that GPU's device id; it is never routed to the GPU
+// that owns it. Throws Error(EXDEV), naming the owner and the id to use,
+// when mi is such memory and the device, which serves CUDA GPU `ordinal`
+// (-1: a device of host memory), is not its GPU. Host memory goes with any
+// device, managed memory with any GPU's.
+void check_owner(const MemInfo &mi, int ordinal);
+
 // An ordered queue of copies between staging memory and a buffer. Copies may
 // run asynchronously until wait().
 class Stream {
@@ -74,8 +82,10 @@ class Backend {
     virtual MemInfo check_range(const void *p, size_t n) const = 0;
 };
 
-std::unique_ptr<Backend> make_host_backend();
-std::unique_ptr<Backend> make_cuda_backend(int ordinal);
+// numa_node: where the device's staging memory should come from (the node
+// its PCI device hangs off, memory/numa.hpp), -1 for anywhere.
+std::unique_ptr<Backend> make_host_backend(int numa_node = -1);
+std::unique_ptr<Backend> make_cuda_backend(int ordinal, int numa_node = -1);
 
 struct GpuInfo {
     std::string name;

@@ -5,6 +5,7 @@
 #include "memory/cuda_driver.hpp"
 #include "memory/cuda_scatter.hpp"
 #include "memory/memory.hpp"
+#include "memory/numa.hpp"
 
 #include <cctype>
 #include <cstdlib>
@@ -197,7 +198,7 @@ class CudaStream final : public Stream {
 
 class CudaBackend final : public Backend {
   public:
-    explicit CudaBackend(int ordinal) : ordinal_(ordinal) {
+    CudaBackend(int ordinal, int numa_node) : ordinal_(ordinal), numa_node_(numa_node) {
         cuda::check(drv().cuDeviceGet(&dev_, ordinal), "cuDeviceGet");
         cuda::check(drv().cuDevicePrimaryCtxRetain(&ctx_, dev_), "cuDevicePrimaryCtxRetain");
         // Peer writes into GPU memory (the SSD's DMA on the direct path)
@@ -219,8 +220,12 @@ class CudaBackend final : public Backend {
         drv().cuDevicePrimaryCtxRelease(dev_);
     }
 
+    // Pinned memory from the GPU's NUMA node where the machine has several:
+    // cuMemHostAlloc allocates and pins the pages in the call, under the
+    // calling thread's memory policy.
     StagingBuffer alloc_staging(size_t n) override {
         cuda::ContextScope scope(ctx_);
+        PreferredNode near(numa_node_);
         void *p = nullptr;
         cuda::check(drv().cuMemHostAlloc(&p, n, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
         return StagingBuffer(p, StagingFree{ctx_});
@@ -251,10 +256,9 @@ class CudaBackend final : public Backend {
         const MemInfo mi = classify(p);
         if (mi.kind != MemKind::cuda)
             return mi; // host memory is always usable
-        // Managed memory may be copied to and from in any GPU's context.
-        if (!mi.managed && mi.cuda_ordinal != ordinal_)
-            fail(EFAULT, "buffer belongs to GPU " + std::to_string(mi.cuda_ordinal) + ", not GPU " +
-                             std::to_string(ordinal_));
+        // Managed memory may be copied to and from in any GPU's context;
+        // another GPU's memory is refused (EXDEV), never routed to it.
+        check_owner(mi, ordinal_);
         // The lookups need a context, which the caller's thread may lack.
         cuda::ContextScope scope(ctx_);
         const auto a = reinterpret_cast<CUdeviceptr>(p);
@@ -355,6 +359,7 @@ class CudaBackend final : public Backend {
     }
 
     int ordinal_;
+    int numa_node_; // staging memory's node, -1: anywhere
     CUdevice dev_ = 0;
     CUcontext ctx_ = nullptr;
     bool flush_ = false; // direct reads end with cuFlushGPUDirectRDMAWrites
@@ -417,10 +422,10 @@ std::string cuda_why_unavailable() {
     return cuda::why_unavailable();
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
+std::unique_ptr<Backend> make_cuda_backend(int ordinal, int numa_node) {
     if (!cuda::driver())
         fail(ENODEV, "CUDA GPU " + std::to_string(ordinal) + ": " + cuda::why_unavailable());
-    return std::make_unique<CudaBackend>(ordinal);
+    return std::make_unique<CudaBackend>(ordinal, numa_node);
 }
 
 } // namespace phxfs::core

@@ -15,7 +15,7 @@ MemInfo classify(const void *) {
     return {};
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
+std::unique_ptr<Backend> make_cuda_backend(int ordinal, int) {
     fail(ENODEV, "CUDA GPU " + std::to_string(ordinal) + ": " + cuda_why_unavailable());
 }
 

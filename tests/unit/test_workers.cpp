@@ -7,6 +7,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -39,6 +42,62 @@ TEST(Workers, EveryParticipantRunsOnceAtMost) {
     phxfs::core::run_parallel(8, [&] { ++runs; });
     EXPECT_GE(runs.load(), 1);
     EXPECT_LE(runs.load(), 8);
+}
+
+// Each device has a pool of its own (#14): a request holding every worker
+// of one pool leaves another pool's workers free for its own requests,
+// which a process-wide pool sized to the widest request would not.
+TEST(Workers, APoolsWorkersServeOnlyIt) {
+    phxfs::core::WorkerPool busy, other;
+    std::mutex m;
+    std::condition_variable cv;
+    bool release = false;
+    std::atomic<int> held{0};
+    std::thread holder([&] {
+        busy.run(4, [&] {
+            ++held;
+            std::unique_lock lock(m);
+            cv.wait(lock, [&] { return release; });
+        });
+    });
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (held.load() < 4 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(held.load(), 4) << "the first pool's workers did not all start";
+    // The other pool's workers join its request while the first is held.
+    std::mutex seen_m;
+    std::set<std::thread::id> seen;
+    std::atomic<int> arrived{0};
+    other.run(4, [&] {
+        {
+            std::lock_guard lock(seen_m);
+            seen.insert(std::this_thread::get_id());
+        }
+        ++arrived;
+        // Stay until the others came (or a second passed), so that each
+        // participant is a thread of its own.
+        const auto t = std::chrono::steady_clock::now() + 1s;
+        while (arrived.load() < 4 && std::chrono::steady_clock::now() < t)
+            std::this_thread::sleep_for(1ms);
+    });
+    EXPECT_EQ(seen.size(), 4u) << "the other pool's request ran on fewer threads";
+    EXPECT_EQ(other.threads(), 3u);
+    {
+        std::lock_guard lock(m);
+        release = true;
+    }
+    cv.notify_all();
+    holder.join();
+}
+
+// A pool may go while its workers idle; they leave on their own.
+TEST(Workers, APoolMayGoWithItsWorkers) {
+    for (int i = 0; i < 20; ++i) {
+        phxfs::core::WorkerPool pool;
+        std::atomic<int> runs{0};
+        pool.run(4, [&] { ++runs; });
+        EXPECT_GE(runs.load(), 1);
+    }
 }
 
 } // namespace

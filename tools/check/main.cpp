@@ -274,7 +274,8 @@ int main(int argc, char **argv) {
                            {"why_not_direct", info.why_not_direct},
                            {"pci_bus_id", info.pci_bus_id},
                            {"kmod_index", info.kmod_index},
-                           {"page_type", page_type_name(info.page_type)}});
+                           {"page_type", page_type_name(info.page_type)},
+                           {"numa_node", info.numa_node}});
         if (info.pci_bus_id[0] == '\0')
             continue;
         // Where the device sits: what decides whether peer-to-peer DMA works.
