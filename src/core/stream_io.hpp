@@ -53,8 +53,13 @@
 // kernel spinning on host memory), which the library cannot see; a caller
 // that knows synchronises a stream and tries again. (4) Enqueue calls CUDA
 // only to queue work (and, the first time it meets a context, to load the
-// kernel) and holds none of the service threads' locks while it does.
-// What can still hold a request is the caller's own work ahead of it on the
+// kernel) and holds none of the service threads' locks while it does: so
+// even a CUDA call that waits for the GPU (a module load that synchronises
+// the context, a full push buffer) waits only for pending requests that the
+// service threads complete without it. The same holds for every other CUDA
+// call of the process (the synchronous API's copies on the library's own
+// streams, a lazily loaded kernel of the caller's): what they wait for
+// completes. What can still hold a request is the caller's own work ahead of it on the
 // stream, as for any work queued there.
 //
 // Lifetimes. From enqueue until its stream has passed it (released, or the
