@@ -1,6 +1,7 @@
 // phxfs-bench - a gdsio-like load generator for libphxfs. See tools/README.md.
 #include "options.hpp"
 #include "report.hpp"
+#include "stream.hpp"
 #include "workload.hpp"
 
 #include <unistd.h>
@@ -16,7 +17,8 @@ int main(int argc, char **argv) {
     try {
         const uint64_t file_size = prepare_file(o.file, o.file_size, o.verify, created);
         for (uint64_t io : o.io_sizes) {
-            const RunResult r = run_workload(o, io, file_size);
+            const RunResult r =
+                o.stream ? run_stream(o, io, file_size) : run_workload(o, io, file_size);
             const Summary s = summarize(o, r);
             if (!r.error.empty() && !o.json) {
                 std::fprintf(stderr, "phxfs-bench: %s\n", r.error.c_str());

@@ -32,6 +32,7 @@ struct Options {
     // requests submitted and reaped together, or `qd` futures kept in flight.
     unsigned batch = 0;
     unsigned qd = 0;
+    unsigned stream = 0; // --stream N: N stream-ordered requests on one CUDA stream
 };
 
 // Parses argv; prints help or the error and exits (0 for --help, 1 for
