@@ -271,8 +271,9 @@ int phxfs_batch_destroy(phxfs_batch_t batch);
  * @buf: memory the stream's GPU can write: device memory, managed memory,
  *        or mapped pinned host memory.
  * @size_p: *size_p when called is the request's most bytes (it reserves
- *        staging for that); *size_p when the stream gets to the request is
- *        the size, which must not be larger (else -EINVAL in *bytes_read_p).
+ *        staging for that; GPU work still queued must not lower it later);
+ *        *size_p when the stream gets to the request is the size, which must
+ *        not be larger (else -EINVAL in *bytes_read_p).
  * @f_offset_p, @buf_offset_p (NULL: 0): read when the stream gets there.
  * @bytes_read_p: the bytes read (short only at end of file) or -errno,
  *        stored before the stream goes on past the request.

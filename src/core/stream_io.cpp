@@ -170,7 +170,8 @@ unsigned StreamIo::free_records() {
 void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     if (!req.buf || !req.size_p || !req.f_offset_p || !req.result_p)
         fail(EINVAL, "buffer, size, file offset and result pointers must not be NULL");
-    const size_t most = *req.size_p;
+    // GPU work still queued may be writing it: one whole load, old or new.
+    const size_t most = __atomic_load_n(req.size_p, __ATOMIC_RELAXED);
     if (most > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
         fail(EINVAL, "*size_p (the request's most bytes) beyond the largest off_t");
     {

@@ -228,7 +228,9 @@ TEST_F(StreamIoTest, ValuesAreReadWhenTheStreamGetsThere) {
     size_t size = 512 << 10; // the most, at enqueue
     off_t f_off = 0, b_off = 0;
     ssize_t result = 0;
-    // Work queued before the read sets its size and offsets (as a kernel would).
+    // Work queued before the read sets its size and offsets (as a kernel
+    // would), after the call has read the most.
+    st.gate();
     st.then([&] {
         size = 10000;
         f_off = 123457;
@@ -236,6 +238,7 @@ TEST_F(StreamIoTest, ValuesAreReadWhenTheStreamGetsThere) {
     });
     io.enqueue({key(), false, reinterpret_cast<char *>(buf.get()), &size, &f_off, &b_off, &result},
                &st);
+    st.open();
     ASSERT_TRUE(st.sync());
     EXPECT_EQ(result, 10000);
     EXPECT_EQ(first_mismatch(buf.get() + 33, 10000, 123457), 10000u);
