@@ -16,6 +16,8 @@
 #include <mutex>
 #include <thread>
 
+#include <sys/wait.h>
+
 using namespace phxtest;
 using phxfs::core::Error;
 using phxfs::core::StreamIo;
@@ -650,6 +652,63 @@ TEST_F(StreamIoTest, TheCApiSaysWhyItCannotRunHere) {
     EXPECT_EQ(errno, EINVAL);
     EXPECT_EQ(phxfs_stream_register(&dummy_stream, 0), -1);
     EXPECT_EQ(errno, ENOTSUP);
+}
+
+// Waits (10 s at most) for child pid; its exit status, or -1 when it hung
+// (then killed).
+int wait_child(pid_t pid) {
+    int status = 0;
+    for (int i = 0; i < 1000; ++i) {
+        if (::waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        std::this_thread::sleep_for(10ms);
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return -1;
+}
+
+TEST_F(StreamIoTest, AForkChildHasNoneOfTheParentsStreamIo) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        size_t size = 4096;
+        off_t off = 0;
+        ssize_t result = 0;
+        char b[16];
+        int not_a_stream;
+        const int rc = phxfs_file_read_stream(fh_, b, &size, &off, nullptr, &result, &not_a_stream);
+        // EBADF: the parent's handle is closed here; ENOTSUP: no CUDA here.
+        ::_exit(rc == -1 && (errno == EBADF || errno == ENOTSUP) ? 0 : 1);
+    }
+    EXPECT_EQ(wait_child(pid), 0);
+}
+
+TEST_F(StreamIoTest, ExitWithRequestsPendingDoesNotHang) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        // A process of its own: a request its stream never gets to (held by
+        // a kernel that never ends), then exit. Nothing may wait for it.
+        phxfs_file_t fh = nullptr;
+        if (phxfs_open(0) != 0 || phxfs_file_open(&fh, 0, fd_) != 0)
+            ::_exit(2);
+        auto *io = new StreamIo(std::make_unique<FakeOrder>(), small());
+        auto *st = new FakeStream; // never destroyed: its thread is held at the gate
+        st->gate();
+        static size_t size = 4096;
+        static off_t off = 0;
+        static ssize_t result = 0;
+        static char b[4096];
+        try {
+            io->enqueue({reinterpret_cast<uintptr_t>(fh), false, b, &size, &off, nullptr, &result},
+                        st);
+        } catch (...) {
+            ::_exit(3);
+        }
+        std::exit(0); // static destructors and atexit handlers run
+    }
+    EXPECT_EQ(wait_child(pid), 0) << "-1: the process hung at exit";
 }
 
 } // namespace
