@@ -238,9 +238,11 @@ Options parse_options(int argc, char **argv) {
             throw std::invalid_argument("--batch and --qd run libphxfs's batches and futures "
                                         "(-x phxfs, compat, direct) or cuFile's batch API (-x "
                                         "cufile --batch)");
-        if (o.stream && (o.path != PathType::phxfs || o.verify || o.threads != 1))
+        if (o.stream &&
+            (o.path != PathType::phxfs || o.verify || o.threads != 1 || o.mem == MemType::pageable))
             throw std::invalid_argument("--stream runs libphxfs's stream-ordered requests on one "
-                                        "thread (-x phxfs -t 1), without --verify");
+                                        "thread (-x phxfs -t 1) into memory a kernel reaches (-m "
+                                        "device or pinned), without --verify");
         if (o.qd && o.path == PathType::cufile)
             throw std::invalid_argument("-x cufile has batches (--batch), not futures (--qd)");
     } catch (const CLI::ParseError &e) {
