@@ -275,6 +275,71 @@ int phxfs_batch_cancel(phxfs_batch_t batch);
 int phxfs_batch_destroy(phxfs_batch_t batch);
 
 /* ------------------------------------------------------------------------ */
+/* Stream-ordered I/O (since 0.2)                                            */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * phxfs_file_read_stream() - read in the order of a CUDA stream: after the
+ * work queued on stream before it, before the work queued after it, without
+ * blocking the caller. The shape of cuFile's cuFileReadAsync.
+ * @stream: a CUstream (NULL: the legacy default stream of the calling
+ *        thread's current context; CU_STREAM_PER_THREAD too).
+ * @buf: memory the stream's GPU can write: device memory, managed memory,
+ *        or mapped pinned host memory.
+ * @size_p: *size_p when called is the request's most bytes (it reserves
+ *        staging for that; GPU work still queued must not lower it later);
+ *        *size_p when the stream gets to the request is the size, which must
+ *        not be larger (else -EINVAL in *bytes_read_p).
+ * @f_offset_p, @buf_offset_p (NULL: 0): read when the stream gets there.
+ * @bytes_read_p: the bytes read (short only at end of file) or -errno,
+ *        stored before the stream goes on past the request.
+ * The four pointers are host memory (pinned and mapped if GPU work of the
+ * stream writes them) and, with buf, must stay valid until the stream has
+ * passed the request. A file I/O error fails the request alone (-errno in
+ * *bytes_read_p); the stream goes on.
+ *
+ * Returns 0 once queued, or -1: EBADF (handle not open, or not open for
+ * reading), EINVAL (a NULL pointer, a bad stream, *size_p beyond 256 GiB),
+ * EAGAIN (4096 requests pending, or their staging, 64 MiB by default,
+ * PHXFS_STREAM_STAGING, is in use: synchronise a stream and try again; it
+ * never blocks for it), ENOTSUP (no CUDA driver, a driver or GPU without
+ * stream memory operations, a library built without nvcc). A CUDA error
+ * part way through queuing fails with EIO and may leave part of the
+ * request queued, harmless (it moves no data, writes no result).
+ *
+ * How: the data goes through pinned host staging. When the stream gets to
+ * the request it stores a word that a thread of the library watches (a
+ * spinning and napping poller, no host callback); that thread reads the
+ * file into the staging and stores a word the stream waits for
+ * (cuStreamWaitValue32); a copy kernel on the stream then moves the bytes
+ * into buf. The library runs no GPU work of its own while requests are
+ * pending, so nothing it does waits for the stream. Requests over 4 MiB go
+ * in rounds of 4 MiB through the same staging, one after another.
+ */
+int phxfs_file_read_stream(phxfs_file_t fh, void *buf, const size_t *size_p,
+			   const off_t *f_offset_p, const off_t *buf_offset_p,
+			   ssize_t *bytes_read_p, void *stream);
+
+/* The same for a write of buf + *buf_offset_p, whose bytes are those the
+ * stream's earlier work left there. *bytes_written_p is *size_p, or -errno.
+ * EBADF also for a handle not open for writing, EINVAL for an O_APPEND fd. */
+int phxfs_file_write_stream(phxfs_file_t fh, const void *buf,
+			    const size_t *size_p, const off_t *f_offset_p,
+			    const off_t *buf_offset_p, ssize_t *bytes_written_p,
+			    void *stream);
+
+/**
+ * phxfs_stream_register() - prepares stream for stream-ordered I/O now:
+ * loads the copy kernel into its context and, the first time in the
+ * process, allocates the staging. The first request on a context does this
+ * itself; registering first moves that cost (and the one moment the library
+ * loads a module) to a time when no request of this context is pending.
+ * Nothing is held per stream, so there is nothing to deregister. flags must
+ * be 0. Errors: EINVAL, ENOTSUP as above.
+ */
+int phxfs_stream_register(void *stream, unsigned flags);
+
+/* ------------------------------------------------------------------------ */
 /* Configuration                                                             */
 /* ------------------------------------------------------------------------ */
 

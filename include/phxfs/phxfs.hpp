@@ -207,6 +207,22 @@ class File {
                       "phxfs_file_write_async");
         return Future(f);
     }
+    // In the order of a CUDA stream (a CUstream; phxfs_file_read_stream):
+    // *size is the most at the call and the size when the stream gets
+    // there, as *file_offset and *buf_offset (may be NULL) are read then;
+    // *result is set before the stream goes on (bytes, or -errno).
+    void read_stream(void *buf, const size_t *size, const off_t *file_offset,
+                     const off_t *buf_offset, ssize_t *result, void *stream) const {
+        detail::check(
+            phxfs_file_read_stream(fh_, buf, size, file_offset, buf_offset, result, stream),
+            "phxfs_file_read_stream");
+    }
+    void write_stream(const void *buf, const size_t *size, const off_t *file_offset,
+                      const off_t *buf_offset, ssize_t *result, void *stream) const {
+        detail::check(
+            phxfs_file_write_stream(fh_, buf, size, file_offset, buf_offset, result, stream),
+            "phxfs_file_write_stream");
+    }
 
   private:
     void open_handle() {

@@ -1,11 +1,13 @@
-// The public C API of file handles, futures and batches (phxfs.h, 0.2):
-// argument checks, then core/handle, core/async and core/batch.
+// The public C API of file handles, futures, batches and stream-ordered
+// I/O (phxfs.h, 0.2): argument checks, then core/handle, core/async,
+// core/batch and core/stream_io.
 #include "core/async.hpp"
 #include "core/batch.hpp"
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/handle.hpp"
 #include "core/request.hpp"
+#include "core/stream_io.hpp"
 
 #include <phxfs/phxfs.h>
 
@@ -164,6 +166,37 @@ PHXFS_API int phxfs_batch_destroy(phxfs_batch_t batch) {
         if (!batch)
             fail(EINVAL, "batch is NULL");
         delete batch;
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_file_read_stream(phxfs_file_t fh, void *buf, const size_t *size_p,
+                                     const off_t *f_offset_p, const off_t *buf_offset_p,
+                                     ssize_t *bytes_read_p, void *stream) {
+    return c_call([&] {
+        cuda_stream_io().enqueue({key(fh), false, static_cast<char *>(buf), size_p, f_offset_p,
+                                  buf_offset_p, bytes_read_p},
+                                 stream);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_file_write_stream(phxfs_file_t fh, const void *buf, const size_t *size_p,
+                                      const off_t *f_offset_p, const off_t *buf_offset_p,
+                                      ssize_t *bytes_written_p, void *stream) {
+    return c_call([&] {
+        cuda_stream_io().enqueue({key(fh), true, static_cast<char *>(const_cast<void *>(buf)),
+                                  size_p, f_offset_p, buf_offset_p, bytes_written_p},
+                                 stream);
+        return 0;
+    });
+}
+
+PHXFS_API int phxfs_stream_register(void *stream, unsigned flags) {
+    return c_call([&] {
+        if (flags)
+            fail(EINVAL, "phxfs_stream_register: flags must be 0");
+        cuda_stream_io().register_stream(stream);
         return 0;
     });
 }

@@ -4,6 +4,7 @@
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/handle.hpp"
+#include "core/stream_io.hpp"
 #include "core/trace.hpp"
 #include "engine/uring.hpp"
 #include "engine/workers.hpp"
@@ -28,6 +29,7 @@ void child_after_fork() {
     devices_after_fork_child();
     handles_after_fork_child();
     futures_after_fork_child();
+    stream_io_after_fork_child();
 }
 
 } // namespace

@@ -37,7 +37,9 @@ namespace phxfs::core::cuda {
 
 // Calls the library does without where a driver lacks them (older drivers:
 // cuMemcpyBatchAsync is CUDA 12.8+; the VM suite's stand-in driver: the
-// module calls, which only the scatter kernel needs).
+// module calls, which only the scatter and stream copy kernels need; the
+// stream memory operations and the rest, which only stream-ordered I/O
+// needs).
 #define PHXFS_CUDA_OPTIONAL_FUNCS(X)                                                               \
     X(cuMemcpyBatchAsync)                                                                          \
     X(cuMemAlloc)                                                                                  \
@@ -45,7 +47,13 @@ namespace phxfs::core::cuda {
     X(cuModuleLoadData)                                                                            \
     X(cuModuleUnload)                                                                              \
     X(cuModuleGetFunction)                                                                         \
-    X(cuLaunchKernel)
+    X(cuLaunchKernel)                                                                              \
+    X(cuFuncLoad)                                                                                  \
+    X(cuCtxGetId)                                                                                  \
+    X(cuMemHostGetDevicePointer)                                                                   \
+    X(cuStreamGetCtx)                                                                              \
+    X(cuStreamWriteValue32)                                                                        \
+    X(cuStreamWaitValue32)
 
 struct Driver {
 #define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;

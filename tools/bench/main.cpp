@@ -3,6 +3,7 @@
 #include "kvcache.hpp"
 #include "options.hpp"
 #include "report.hpp"
+#include "stream.hpp"
 #include "workload.hpp"
 
 #include <unistd.h>
@@ -59,7 +60,8 @@ int main(int argc, char **argv) {
             if (made)
                 created.push_back(o.file);
             for (uint64_t io : o.io_sizes)
-                if (!report(o, run_workload(o, io, file_size))) {
+                if (!report(o, o.stream ? run_stream(o, io, file_size)
+                                        : run_workload(o, io, file_size))) {
                     rc = 1;
                     break;
                 }

@@ -61,6 +61,7 @@ struct Options {
     unsigned batch = 0;
     unsigned qd = 0;
     KvOptions kv;
+    unsigned stream = 0; // --stream N: N stream-ordered requests on one CUDA stream
 };
 
 // Parses argv; prints help or the error and exits (0 for --help, 1 for
