@@ -21,6 +21,12 @@ bin=$1 store=${2:-/var/tmp/phx-kv.dat}
 secs=${PHXFS_BENCH_SECONDS:-3}
 store_blocks=${KV_STORE_BLOCKS:-8192}
 here=$(dirname "$0")
+# Each run is stopped after this many seconds (a stuck path shows as an
+# error row, not a lost table). cuFile with every transfer in flight (many
+# batch handles at once) runs only with KV_CUFILE_ALL=1: its default is one
+# handle of at most 128 entries at a time, as applications use it.
+run_limit=${KV_RUN_LIMIT:-60}
+cufile_all=${KV_CUFILE_ALL:-0}
 [ "${KEEP:-0}" = 1 ] || trap 'rm -f "$store" "$store.limit"' EXIT
 model=(-I kvcache --kv-layers 32 --kv-heads 8 --kv-head-dim 128 --kv-dtype-bytes 2
 	--kv-block-tokens 16 --kv-store-blocks "$store_blocks" --kv-seed 1)
@@ -31,7 +37,7 @@ kv() {
 	local label=$1 out err
 	shift
 	err=$(mktemp)
-	out=$("$bin/tools/phxfs-bench" -f "$store" "${model[@]}" -t 1 --json "$@" 2>"$err") || true
+	out=$(timeout "$run_limit" "$bin/tools/phxfs-bench" -f "$store" "${model[@]}" -t 1 --json "$@" 2>"$err") || true
 	if [ -n "$out" ]; then
 		echo "$label $out"
 	else
@@ -52,15 +58,18 @@ PY
 		tee /dev/stderr | sed -n 's/^pinned H2D copy.*: *\([0-9.]*\) GB\/s/limit \1/p'
 	# Create the store, and check both paths restore the right bytes (to stderr).
 	for path in phxfs cufile; do
-		"$bin/tools/phxfs-bench" -f "$store" "${model[@]}" --keep --verify --kv-blocks 512 \
-			--kv-requests 2 -x "$path" | sed "s/^/verify $path: /" >&2 || echo "verify $path: FAILED" >&2
+		depth=()
+		[ "$path" = cufile ] && depth=(--batch 128)
+		timeout "$run_limit" "$bin/tools/phxfs-bench" -f "$store" "${model[@]}" --keep --verify \
+			--kv-blocks 512 --kv-requests 2 -x "$path" "${depth[@]}" | sed "s/^/verify $path: /" >&2 ||
+			echo "verify $path: FAILED" >&2
 	done
 	for n in 512 2048; do
 		for unit in layer block; do
 			for pattern in random zipf; do
 				c=(--kv-op restore --kv-blocks "$n" --kv-unit "$unit" --kv-pattern "$pattern" -T "$secs")
 				kv phxfs "${c[@]}"
-				kv cufile-batch "${c[@]}" -x cufile
+				[ "$cufile_all" = 1 ] && kv cufile-batch "${c[@]}" -x cufile
 				kv cufile-batch128 "${c[@]}" -x cufile --batch 128
 			done
 		done
@@ -70,7 +79,7 @@ PY
 		for unit in layer block; do
 			c=(--kv-op store --kv-blocks "$n" --kv-unit "$unit" --kv-pattern random -T "$secs")
 			kv phxfs "${c[@]}"
-			kv cufile-batch "${c[@]}" -x cufile
+			kv cufile-batch128 "${c[@]}" -x cufile --batch 128
 		done
 	done
 } | python3 "$here/kv_table.py"

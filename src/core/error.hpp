@@ -3,10 +3,10 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdint>
 #include <string>
 #include <system_error>
 #include <utility>
-#include <cstdint>
 
 namespace phxfs::core {
 

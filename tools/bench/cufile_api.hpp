@@ -209,4 +209,15 @@ class FileHandle {
     CUfileHandle_t h_ = nullptr;
 };
 
+// A buffer cuFileBufRegister registered, deregistered when this goes (after
+// a run, before the buffer is freed); p null: nothing was registered.
+struct BufDeregister {
+    const Api *cf;
+    const void *p;
+    ~BufDeregister() {
+        if (cf && p)
+            cf->cuFileBufDeregister(p);
+    }
+};
+
 } // namespace phxcufile

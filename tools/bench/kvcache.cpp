@@ -155,14 +155,7 @@ void kv_worker(KvShared &s, unsigned t, ThreadResult &r, std::vector<uint8_t> &w
     } catch (const std::exception &e) {
         s.fail(e.what());
     }
-    struct BufDeregister { // after the run, before the pool is freed
-        const phxcufile::Api *cf;
-        const void *p;
-        ~BufDeregister() {
-            if (cf && p)
-                cf->cuFileBufDeregister(p);
-        }
-    } cf_dereg{cf, cf_registered ? pool->data() : nullptr};
+    const phxcufile::BufDeregister cf_dereg{cf, cf_registered ? pool->data() : nullptr};
 
     // The pool's bytes as the host sees them (a copy for GPU memory).
     const auto host_view = [&]() -> uint8_t * {

@@ -241,14 +241,7 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
     } catch (const std::exception &e) {
         s.fail(e.what());
     }
-    struct BufDeregister { // after the run, before the buffer is freed
-        const phxcufile::Api *cf;
-        const void *p;
-        ~BufDeregister() {
-            if (cf && p)
-                cf->cuFileBufDeregister(p);
-        }
-    } cf_dereg{cf, cf_registered ? buf->data() : nullptr};
+    const phxcufile::BufDeregister cf_dereg{cf, cf_registered ? buf->data() : nullptr};
     s.ready.count_down();
     s.start.wait();
     if (s.stop)
