@@ -84,7 +84,13 @@ __all__ = [
 #: The reference implementation's limit on the JSON header (100 MB).
 MAX_HEADER_SIZE = 100_000_000
 #: Each file's data section is read in requests of at most this many bytes.
-CHUNK_BYTES = 64 << 20
+#: Large, because the engine runs a batch's large requests one at a time,
+#: each on all its threads in chunks (PHXFS_CHUNK_KB): a request must hold
+#: many chunks per thread for reads and copies to overlap. With 64 MiB
+#: requests a 16 GB checkpoint loaded at 0.62 of the copy limit on an H100,
+#: where single 1 GiB reads run at 0.84-0.92 and 2 GiB at 0.94
+#: (bench/results/2026-12-06-h100-issue13-safetensors.md).
+CHUNK_BYTES = 1 << 30
 _ALIGN = 4096
 
 Framework = Literal["np", "numpy", "pt", "torch"]
