@@ -1,12 +1,13 @@
 #include "memory/numa.hpp"
 
+#include <fcntl.h>
 #include <linux/mempolicy.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
-#include <fstream>
+#include <cstdlib>
 
 namespace phxfs::core {
 
@@ -35,11 +36,24 @@ std::string sysfs_bus_id(std::string id) {
 int pci_numa_node(const std::string &bus_id, const std::string &sysroot) {
     if (bus_id.empty() || bus_id.find('/') != std::string::npos)
         return -1;
-    std::ifstream in(sysroot + "/bus/pci/devices/" + sysfs_bus_id(bus_id) + "/numa_node");
-    int node = -1;
-    if (!(in >> node) || node < 0)
+    // A read(2) of a few bytes, not an iostream: this runs at a device's
+    // discovery, inside whatever process loads us (a Python interpreter with
+    // PyTorch's libraries), and needs nothing of libstdc++'s locale machinery.
+    const std::string path = sysroot + "/bus/pci/devices/" + sysfs_bus_id(bus_id) + "/numa_node";
+    const int saved = errno;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    char text[16] = {};
+    const ssize_t got = fd < 0 ? -1 : ::read(fd, text, sizeof text - 1);
+    if (fd >= 0)
+        ::close(fd);
+    errno = saved;
+    if (got <= 0)
         return -1;
-    return node;
+    char *end = nullptr;
+    const long node = std::strtol(text, &end, 10);
+    if (end == text || (*end && *end != '\n') || node < 0 || node > 65535)
+        return -1;
+    return static_cast<int>(node);
 }
 
 PreferredNode::PreferredNode(int node) {
