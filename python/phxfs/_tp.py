@@ -61,7 +61,9 @@ class TPPlan:
             if not isinstance(pattern, str) or not pattern:
                 raise TypeError(f"a plan pattern must be a non-empty string, not {pattern!r}")
             if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
-                raise TypeError(f"pattern {pattern!r}: the split dim must be an int or None, not {dim!r}")
+                raise TypeError(
+                    f"pattern {pattern!r}: the split dim must be an int or None, not {dim!r}"
+                )
         self._rules: Tuple[Rule, ...] = tuple(items)
         self._compiled = [(re.compile(fnmatch.translate(p)), d) for p, d in self._rules]
 

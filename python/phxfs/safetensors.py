@@ -16,6 +16,10 @@ A drop-in for the loading side of the ``safetensors`` package, for numpy
 
     save_file({"w": np.ones((2, 2), np.float32)}, "out.safetensors", metadata={"k": "v"})
 
+    # tensor parallel: this rank's shard of each tensor, reading only its bytes
+    shard = load_file("model.safetensors.index.json", device=f"cuda:{rank}",
+                      tp_plan=LLAMA_TP_PLAN, tp_rank=rank, tp_size=world)
+
 How a file is loaded: its header is read and validated once (strictly: any
 malformed header raises :class:`SafetensorError`, a ``ValueError``, naming
 the problem, before a byte of tensor data is read); then one allocation of
@@ -24,6 +28,15 @@ memory (``device="cuda:N"``: no host copy of the model is ever made), and
 all its reads are submitted together as one phxfs batch (the data section
 in pieces of ``chunk_bytes``; the shards of an index go in the same batch).
 Tensors are views into that allocation.
+
+Tensor parallelism (``load_file(..., tp_plan=, tp_rank=, tp_size=)`` or
+``process_group=``): a :class:`TPPlan` says which tensors split along which
+dimension (glob patterns, first match wins, the rest replicated;
+:data:`LLAMA_TP_PLAN` for Llama-style names); each rank gets
+``ceil(n / tp_size)`` indices of a split dimension (the last ranks fewer)
+and reads only those bytes: one range for a dim-0 split, one per row for a
+dim-1 split, all in the one batch, into one compact allocation per file in
+which each shard is C-contiguous (the geometry is in ``phxfs._tp``).
 
 Alignment: the allocation starts on a 4096-byte boundary, so a tensor whose
 offset in the data section is a multiple of its element size is a view

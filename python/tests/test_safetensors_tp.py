@@ -45,7 +45,11 @@ def llama_tensors(seed: int = 0, layers: int = 2) -> Dict[str, np.ndarray]:
     def r(*shape: int, dt: Any = np.float32) -> np.ndarray:
         return rng.standard_normal(shape).astype(dt)
 
-    t = {"model.embed_tokens.weight": r(VOCAB, H), "model.norm.weight": r(H), "lm_head.weight": r(VOCAB, H)}
+    t = {
+        "model.embed_tokens.weight": r(VOCAB, H),
+        "model.norm.weight": r(H),
+        "lm_head.weight": r(VOCAB, H),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
         t[p + "self_attn.q_proj.weight"] = r(H, H, dt=np.float16)
@@ -82,7 +86,9 @@ def _root(a: np.ndarray) -> Any:
     return a
 
 
-def check_all_ranks(path: Any, ref: Dict[str, np.ndarray], plan: Any, dims: Dict[str, Optional[int]], **kw: Any) -> None:
+def check_all_ranks(
+    path: Any, ref: Dict[str, np.ndarray], plan: Any, dims: Dict[str, Optional[int]], **kw: Any
+) -> None:
     for size in SIZES:
         parts: Dict[str, List[np.ndarray]] = {k: [] for k in ref}
         for rank in range(size):
@@ -136,7 +142,9 @@ def test_general_dims_and_small_chunks(tmp: Path) -> None:
     stnp.save_file(t, str(p))
     plan = TPPlan([("keep", None), ("cube.d0", 0), ("cube.d1", 1), ("cube.d2", 2),
                    ("cube.last", -1), ("row", 1), ("tiny", 0), ("empty", 0), ("*", None)])
-    dims = {"cube.d0": 0, "cube.d1": 1, "cube.d2": 2, "cube.last": 1, "row": 1, "tiny": 0, "empty": 0}
+    dims = {
+        "cube.d0": 0, "cube.d1": 1, "cube.d2": 2, "cube.last": 1, "row": 1, "tiny": 0, "empty": 0,
+    }
     ref = stnp.load_file(str(p))
     check_all_ranks(p, ref, plan, {k: dims.get(k) for k in ref})
     check_all_ranks(p, ref, plan, {k: dims.get(k) for k in ref}, chunk_bytes=5)
@@ -189,7 +197,10 @@ def test_size_one_is_the_whole_checkpoint(tmp: Path) -> None:
     p = tmp / "llama.safetensors"
     stnp.save_file(llama_tensors(4), str(p))
     whole = load_file(p)
-    for kw in ({"tp_plan": LLAMA_TP_PLAN}, {"tp_size": 1}, {"tp_rank": 0, "tp_size": 1, "tp_plan": {}}):
+    kws: List[Dict[str, Any]] = [
+        {"tp_plan": LLAMA_TP_PLAN}, {"tp_size": 1}, {"tp_rank": 0, "tp_size": 1, "tp_plan": {}},
+    ]
+    for kw in kws:
         got = load_file(p, **kw)
         assert got.keys() == whole.keys()
         for k in whole:
@@ -221,7 +232,9 @@ def header_bytes(p: Path) -> int:
         return 8 + int.from_bytes(fh.read(8), "little")
 
 
-def expected_ranges(p: Path, dims: Dict[str, Optional[int]], rank: int, size: int) -> List[Tuple[int, int]]:
+def expected_ranges(
+    p: Path, dims: Dict[str, Optional[int]], rank: int, size: int
+) -> List[Tuple[int, int]]:
     """The file byte ranges of the rank's shards, merged, computed from the header."""
     start = header_bytes(p)
     hdr = json.loads(p.read_bytes()[8:start])
@@ -360,7 +373,7 @@ def _fake_torch(monkeypatch: pytest.MonkeyPatch, rank: int, size: int, ready: bo
     dist = types.ModuleType("torch.distributed")
     dist.is_available = lambda: True  # type: ignore[attr-defined]
     dist.is_initialized = lambda: ready  # type: ignore[attr-defined]
-    dist.get_rank = lambda group=None: rank if group is not None else 0  # type: ignore[attr-defined]
+    dist.get_rank = lambda group=None: rank  # type: ignore[attr-defined]
     dist.get_world_size = lambda group=None: size  # type: ignore[attr-defined]
     torch = types.ModuleType("torch")
     torch.distributed = dist  # type: ignore[attr-defined]
