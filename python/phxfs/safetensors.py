@@ -16,6 +16,10 @@ A drop-in for the loading side of the ``safetensors`` package, for numpy
 
     save_file({"w": np.ones((2, 2), np.float32)}, "out.safetensors", metadata={"k": "v"})
 
+    # tensor parallel: this rank's shard of each tensor, reading only its bytes
+    shard = load_file("model.safetensors.index.json", device=f"cuda:{rank}",
+                      tp_plan=LLAMA_TP_PLAN, tp_rank=rank, tp_size=world)
+
 How a file is loaded: its header is read and validated once (strictly: any
 malformed header raises :class:`SafetensorError`, a ``ValueError``, naming
 the problem, before a byte of tensor data is read); then one allocation of
@@ -24,6 +28,15 @@ memory (``device="cuda:N"``: no host copy of the model is ever made), and
 all its reads are submitted together as one phxfs batch (the data section
 in pieces of ``chunk_bytes``; the shards of an index go in the same batch).
 Tensors are views into that allocation.
+
+Tensor parallelism (``load_file(..., tp_plan=, tp_rank=, tp_size=)`` or
+``process_group=``): a :class:`TPPlan` says which tensors split along which
+dimension (glob patterns, first match wins, the rest replicated;
+:data:`LLAMA_TP_PLAN` for Llama-style names); each rank gets
+``ceil(n / tp_size)`` indices of a split dimension (the last ranks fewer)
+and reads only those bytes: one range for a dim-0 split, one per row for a
+dim-1 split, all in the one batch, into one compact allocation per file in
+which each shard is C-contiguous (the geometry is in ``phxfs._tp``).
 
 Alignment: the allocation starts on a 4096-byte boundary, so a tensor whose
 offset in the data section is a multiple of its element size is a view
@@ -64,6 +77,7 @@ from typing import (
 import numpy as np
 
 from ._api import Batch, File
+from ._tp import LLAMA_TP_PLAN, PlanLike, TPPlan, resolve_tp, shard_bounds, shard_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -79,6 +93,9 @@ __all__ = [
     "safe_open",
     "save_file",
     "MAX_HEADER_SIZE",
+    "TPPlan",
+    "LLAMA_TP_PLAN",
+    "shard_bounds",
 ]
 
 #: The reference implementation's limit on the JSON header (100 MB).
@@ -505,8 +522,58 @@ class _FileLoad:
             for off in range(0, size, chunk)
         ]
 
+    def tensor(self, target: _Target, name: str) -> Any:
+        """Tensor ``name`` of the loaded file."""
+        return target.view(self.buf, 0, self.header.tensors[name])
+
     def close(self) -> None:
         self.file.close()
+
+
+class _ShardLoad(_FileLoad):
+    """One file of a tensor-parallel load: only this rank's bytes of each
+    tensor, read into one compact allocation in which each shard is C-contiguous."""
+
+    def __init__(self, path: PathLike, target: _Target, plan: TPPlan, rank: int, size: int) -> None:
+        super().__init__(path, target)
+        #: each tensor's shard, with begin/end its bytes in the allocation
+        self.shards: Dict[str, TensorInfo] = {}
+        #: (file offset, length, allocation offset), adjacent ranges merged
+        self.ranges: List[Tuple[int, int, int]] = []
+        pos = 0
+        try:
+            for t in self.header.tensors.values():  # file order: ranges come out sorted
+                lay = shard_layout(
+                    t.name, DTYPE_BITS[t.dtype], t.shape, plan.split_dim(t.name), rank, size
+                )
+                pos += -pos % max(DTYPE_BITS[t.dtype] // 8, 1)  # a view without a copy
+                self.shards[t.name] = TensorInfo(t.name, t.dtype, lay.shape, pos, pos + lay.nbytes)
+                for off, n in lay.runs:
+                    self._add(self.header.data_start + t.begin + off, n, pos)
+                    pos += n
+        except BaseException:
+            self.file.close()
+            raise
+        self.size = pos
+
+    def _add(self, file_off: int, n: int, buf_off: int) -> None:
+        if self.ranges:
+            f, m, b = self.ranges[-1]
+            if f + m == file_off and b + m == buf_off:
+                self.ranges[-1] = (f, m + n, b)
+                return
+        self.ranges.append((file_off, n, buf_off))
+
+    def requests(self, target: _Target, chunk: int) -> List[Tuple[Any, ...]]:
+        self.buf = target.alloc(self.size)
+        return [
+            (self.file, "read", self.buf, f + k, min(chunk, n - k), b + k)
+            for f, n, b in self.ranges
+            for k in range(0, n, chunk)
+        ]
+
+    def tensor(self, target: _Target, name: str) -> Any:
+        return target.view(self.buf, 0, self.shards[name])
 
 
 def _run_loads(loads: Sequence[_FileLoad], target: _Target, chunk: int) -> None:
@@ -533,8 +600,14 @@ def load_file(
     device: Any = "cpu",
     framework: Optional[Framework] = None,
     chunk_bytes: int = CHUNK_BYTES,
+    *,
+    tp_plan: Optional[PlanLike] = None,
+    tp_rank: Optional[int] = None,
+    tp_size: Optional[int] = None,
+    process_group: Any = None,
 ) -> Dict[str, Any]:
-    """Load every tensor of a safetensors file, or of a sharded checkpoint.
+    """Load every tensor of a safetensors file, or of a sharded checkpoint
+    (or, tensor-parallel, this rank's shard of every tensor).
 
     ``filename``: a ``.safetensors`` file, a ``*.index.json`` index of
     shards, or a directory holding ``model.safetensors.index.json`` or
@@ -548,23 +621,45 @@ def load_file(
     file). Raises :class:`SafetensorError` for a malformed file, ``OSError``
     for I/O failures.
 
+    Tensor parallelism: with ``tp_plan`` (a :class:`TPPlan`, or a mapping of
+    glob patterns to split dims), ``tp_rank`` and ``tp_size`` (or
+    ``process_group``, a ``torch.distributed`` group whose rank and size are
+    taken: ``torch`` is imported only then), each tensor the plan splits
+    comes back as this rank's part of it, ``ceil(n / tp_size)`` indices of
+    the split dimension (the last ranks fewer, possibly none); the others
+    whole. Only those bytes are read: one range for a split of dim 0,
+    one per row for dim 1 (all requests of all files in the one batch), into
+    one compact allocation per file in which every shard is C-contiguous.
+    A split dim out of range, or a split of a packed sub-byte tensor, raises
+    ``ValueError`` naming the tensor before any data is read.
+
     >>> t = load_file("model.safetensors", device="cuda:0")
     >>> t["lm_head.weight"].device
     device(type='cuda', index=0)
+    >>> rank, world = dist.get_rank(), dist.get_world_size()
+    >>> t = load_file("model.safetensors.index.json", device=f"cuda:{rank}",
+    ...               tp_plan=LLAMA_TP_PLAN, process_group=dist.group.WORLD)
+    >>> t["model.layers.0.mlp.down_proj.weight"].shape   # [hidden, ffn / world]
     """
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be at least 1")
+    tp = resolve_tp(tp_plan, tp_rank, tp_size, process_group)
     target = _Target(framework, device)
+    if tp is None:
+        make: Callable[[str], _FileLoad] = lambda p: _FileLoad(p, target)
+    else:
+        plan, rank, size = tp
+        make = lambda p: _ShardLoad(p, target, plan, rank, size)
     path = os.fspath(filename)
     if os.path.isdir(path):
         idx = os.path.join(path, "model.safetensors.index.json")
         path = idx if os.path.exists(idx) else os.path.join(path, "model.safetensors")
     if path.endswith(".index.json"):
-        return _load_sharded(path, target, chunk_bytes)
-    ld = _FileLoad(path, target)
+        return _load_sharded(path, target, chunk_bytes, make)
+    ld = make(path)
     try:
         _run_loads([ld], target, chunk_bytes)
-        return {name: target.view(ld.buf, 0, t) for name, t in ld.header.tensors.items()}
+        return {name: ld.tensor(target, name) for name in ld.header.tensors}
     finally:
         ld.close()
 
@@ -603,7 +698,9 @@ def read_index(index_path: PathLike) -> Tuple[Dict[str, str], Dict[str, Any]]:
     return dict(wm), meta
 
 
-def _load_sharded(index_path: str, target: _Target, chunk: int) -> Dict[str, Any]:
+def _load_sharded(
+    index_path: str, target: _Target, chunk: int, make: Callable[[str], _FileLoad]
+) -> Dict[str, Any]:
     wm, _ = read_index(index_path)
     base = os.path.dirname(index_path)
     shards: Dict[str, List[str]] = {}
@@ -612,7 +709,7 @@ def _load_sharded(index_path: str, target: _Target, chunk: int) -> Dict[str, Any
     loads: List[_FileLoad] = []
     try:
         for shard in shards:
-            loads.append(_FileLoad(os.path.join(base, shard), target))
+            loads.append(make(os.path.join(base, shard)))
         for ld, (shard, names) in zip(loads, shards.items()):
             missing = [n for n in names if n not in ld.header.tensors]
             if missing:
@@ -624,7 +721,7 @@ def _load_sharded(index_path: str, target: _Target, chunk: int) -> Dict[str, Any
         out: Dict[str, Any] = {}
         for ld, names in zip(loads, shards.values()):
             for n in names:
-                out[n] = target.view(ld.buf, 0, ld.header.tensors[n])
+                out[n] = ld.tensor(target, n)
         return out
     finally:
         for ld in loads:
