@@ -17,12 +17,9 @@ using phxfs::core::disk_info;
 using phxfs::core::disk_of_fd;
 using phxfs::core::DiskInfo;
 
-namespace {
+using phxtest::put;
 
-void put(const fs::path &p, const std::string &v) {
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << v << "\n";
-}
+namespace {
 
 // A sysfs tree of one PCIe controller (nvme0: nvme0n1 and its partition)
 // and one subsystem (nvme-subsys2) of three controllers: nvme2 over tcp and

@@ -16,12 +16,9 @@ using phxfs::core::node_of;
 using phxfs::core::pci_numa_node;
 using phxfs::core::PreferredNode;
 
-namespace {
+using phxtest::put;
 
-void put(const fs::path &p, const std::string &v) {
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << v << "\n";
-}
+namespace {
 
 // bus/pci/devices of a two-socket machine: a GPU on node 1, a NIC on node
 // 0, a device whose firmware tells nothing (-1), one without the file.

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,7 +89,7 @@ class TempDir {
         b.push_back('\0');
         if (!mkdtemp(b.data()))
             throw std::runtime_error("mkdtemp failed");
-        path_ = b.data();
+        path_ = std::filesystem::absolute(b.data()); // symlinks in it resolve from anywhere
     }
     ~TempDir() {
         std::error_code ec;
@@ -102,6 +103,13 @@ class TempDir {
 };
 
 // Writes a pattern file of n bytes with plain pwrite.
+// Writes v and a newline to p, making its directories: one attribute of a
+// fake sysfs tree (test_disk.cpp, test_numa.cpp).
+inline void put(const std::filesystem::path &p, const std::string &v) {
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << v << "\n";
+}
+
 inline void make_pattern_file(const std::string &path, uint64_t n, uint64_t seed = 1) {
     int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
     ASSERT_GE(fd, 0);
