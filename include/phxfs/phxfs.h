@@ -314,7 +314,9 @@ int phxfs_batch_destroy(phxfs_batch_t batch);
  * (cuStreamWaitValue32); a copy kernel on the stream then moves the bytes
  * into buf. The library runs no GPU work of its own while requests are
  * pending, so nothing it does waits for the stream. Requests over 4 MiB go
- * in rounds of 4 MiB through the same staging, one after another.
+ * in rounds of 4 MiB through the same staging, one after another. The
+ * handle's device counts each request once, when it completes, on the
+ * compat path (phxfs_get_stats), or as an error.
  */
 int phxfs_file_read_stream(phxfs_file_t fh, void *buf, const size_t *size_p,
 			   const off_t *f_offset_p, const off_t *buf_offset_p,

@@ -107,6 +107,12 @@ class Device {
     void set_numa_node(int node) { numa_node_ = node; }
     void stats(phxfs_stats &out) const;
     void reset_stats() { stats_.reset(); }
+    // A request served outside io()/io_group() (core/stream_io): its bytes
+    // and time on `path`, or one more error.
+    void count(phxfs_path path, bool write, uint64_t bytes, uint64_t ns) {
+        stats_.add(path, write, bytes, ns);
+    }
+    void count_error() { stats_.error(); }
     // The configuration changed: idle staging memory over the new budget goes.
     void config_changed(size_t staging_bytes);
 

@@ -3,6 +3,7 @@
 #include "core/stream_io.hpp"
 
 #include "core/config.hpp"
+#include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/handle.hpp"
 #include "core/request.hpp"
@@ -68,6 +69,8 @@ struct StreamIo::Pending {
     uint64_t f_off = 0, b_off = 0;
     int err = 0;
     size_t moved = 0;
+    int device_id = 0;          // the handle's, for the counters
+    uint64_t t0 = 0;            // when the stream got to it
     size_t piece = 0;           // this round's bytes (writes: between ready and copied)
     char *piece_host = nullptr; // where in the staging
 
@@ -174,12 +177,15 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     const size_t most = __atomic_load_n(req.size_p, __ATOMIC_RELAXED);
     if (most > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
         fail(EINVAL, "*size_p (the request's most bytes) beyond the largest off_t");
+    int device_id = 0;
     {
         FileHandle::Use h = handles().use(req.handle); // EBADF for a handle not open
         check_access(h->file().info(), req.write);     // EBADF, EINVAL (O_APPEND write)
+        device_id = h->device_id();
     }
     auto p = std::make_unique<Pending>();
     p->req = req;
+    p->device_id = device_id;
     p->most = most;
     p->round_cap = std::clamp<size_t>(most, 1, opt_.round_bytes);
     const uint64_t rounds = most ? (most + p->round_cap - 1) / p->round_cap : 1;
@@ -308,7 +314,7 @@ bool StreamIo::step(Pending &p, bool &finished) {
         }
         fill_read(p, gen);
         if (p.last_round())
-            *p.req.result_p = p.err ? -static_cast<ssize_t>(p.err) : static_cast<ssize_t>(p.moved);
+            report(p);
         store(r.ready, gen);
         if (p.last_round())
             p.phase = Pending::Phase::released;
@@ -334,7 +340,7 @@ bool StreamIo::step(Pending &p, bool &finished) {
             }
         }
         if (p.last_round())
-            *p.req.result_p = p.err ? -static_cast<ssize_t>(p.err) : static_cast<ssize_t>(p.moved);
+            report(p);
         store(r.done, gen);
         if (p.last_round()) {
             release(p);
@@ -354,8 +360,20 @@ bool StreamIo::step(Pending &p, bool &finished) {
     return false;
 }
 
+// The request's outcome: its result to the caller, and to the counters of
+// its handle's device, on the compat path (it went through pinned staging).
+void StreamIo::report(Pending &p) {
+    *p.req.result_p = p.err ? -static_cast<ssize_t>(p.err) : static_cast<ssize_t>(p.moved);
+    Device &d = device(p.device_id);
+    if (p.err)
+        d.count_error();
+    else
+        d.count(PHXFS_PATH_COMPAT, p.req.write, p.moved, now_ns() - p.t0);
+}
+
 void StreamIo::begin(Pending &p) {
     // The stream is here: the values behind the pointers now count.
+    p.t0 = now_ns();
     const size_t n = *p.req.size_p;
     const off_t f_off = *p.req.f_offset_p;
     const off_t b_off = p.req.buf_offset_p ? *p.req.buf_offset_p : 0;

@@ -177,7 +177,8 @@ class StreamIo {
     // One step of p; true when it made progress, and sets finished when p
     // is gone (its record and staging are freed).
     bool step(Pending &p, bool &finished);
-    void begin(Pending &p); // round 0: the execution-time values
+    void begin(Pending &p);  // round 0: the execution-time values
+    void report(Pending &p); // the last round: the result, the device's counters
     void fill_read(Pending &p, uint32_t gen);
     void fill_write(Pending &p, uint32_t gen);
     void finish_round(Pending &p);

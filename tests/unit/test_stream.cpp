@@ -359,6 +359,35 @@ TEST_F(StreamIoTest, ErrorsAtExecutionFailTheRequestAloneAndTheStreamGoesOn) {
     EXPECT_EQ(buf[0], 0xAA) << "a failed read moved data";
 }
 
+TEST_F(StreamIoTest, RequestsCountOnTheCompatPathOfTheirDevice) {
+    StreamIo &io = make(small()); // the read goes in 3 rounds: still one call
+    FakeStream st;
+    auto buf = host_buffer(1 << 20);
+    char *b = reinterpret_cast<char *>(buf.get());
+    size_t rsize = 150000, wsize = 4096, bad_size = 4096;
+    off_t roff = 0, woff = 1 << 20, bad_off = 0;
+    ssize_t r = 0, w = 0, bad = 0;
+    ASSERT_EQ(phxfs_reset_stats(0), 0);
+    io.enqueue({key(), false, b, &rsize, &roff, nullptr, &r}, &st);
+    io.enqueue({key(), true, b + (512 << 10), &wsize, &woff, nullptr, &w}, &st);
+    st.then([&] { bad_off = -1; });
+    io.enqueue({key(), false, b, &bad_size, &bad_off, nullptr, &bad}, &st);
+    ASSERT_TRUE(st.sync());
+    ASSERT_EQ(r, 150000);
+    ASSERT_EQ(w, 4096);
+    ASSERT_EQ(bad, -EINVAL);
+    phxfs_stats s{};
+    s.size = sizeof s;
+    ASSERT_EQ(phxfs_get_stats(0, &s), 0) << phxfs_last_error();
+    const phxfs_path_stats &c = s.path[PHXFS_PATH_COMPAT];
+    EXPECT_EQ(c.read_bytes, 150000u);
+    EXPECT_EQ(c.read_calls, 1u);
+    EXPECT_EQ(c.write_bytes, 4096u);
+    EXPECT_EQ(c.write_calls, 1u);
+    EXPECT_EQ(s.path[PHXFS_PATH_DIRECT].read_bytes + s.path[PHXFS_PATH_DIRECT].write_bytes, 0u);
+    EXPECT_EQ(s.errors, 1u);
+}
+
 TEST_F(StreamIoTest, AHandleClosedBeforeTheStreamGetsThereFailsWithEbadf) {
     StreamIo &io = make();
     FakeStream st;

@@ -30,7 +30,7 @@ std::string path_line(const Options &o, const RunResult &r) {
                      "libphxfs not used)"
                    : "Path: cuFile (cuFileRead/cuFileWrite, buffers registered with "
                      "cuFileBufRegister; libphxfs not used)";
-    if (o.stream) // core/stream_io: not one of the paths phxfs_get_stats counts
+    if (o.stream) // core/stream_io; phxfs_get_stats counts it on the compat path
         return "Path: stream-ordered (pinned staging, a copy kernel on the caller's stream)";
     if (!r.have_stats)
         return "Path: unknown (phxfs_get_stats failed)";
