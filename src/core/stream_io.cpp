@@ -51,6 +51,17 @@ bool reached(uint32_t w, uint32_t v) {
     return static_cast<int32_t>(w - v) >= 0;
 }
 
+// The file's descriptor without O_DIRECT, which a round's pread or pwrite
+// of any size and offset needs (the staging is not aligned for O_DIRECT).
+int plain_fd(File &f, bool write) {
+    f.for_request(write);
+    const int fd = f.fd_with(false);
+    if (fd < 0)
+        fail(EINVAL, std::string("stream-ordered ") + (write ? "writes" : "reads") +
+                         " need the file without O_DIRECT: " + f.why_no_twin(false));
+    return fd;
+}
+
 } // namespace
 
 // A queued request, from enqueue until its stream has passed it; owned by
@@ -327,13 +338,8 @@ bool StreamIo::step(Pending &p, bool &finished) {
         if (p.piece && !p.err) {
             try {
                 FileHandle::Use h = handles().use(p.req.handle);
-                File &f = h->file();
-                f.for_request(true);
-                const int fd = f.fd_with(false);
-                if (fd < 0)
-                    fail(EINVAL, "stream-ordered writes need the file without O_DIRECT: " +
-                                     f.why_no_twin(false));
-                pwrite_full(fd, p.piece_host, p.piece, p.f_off + uint64_t{p.round} * p.round_cap);
+                pwrite_full(plain_fd(h->file(), true), p.piece_host, p.piece,
+                            p.f_off + uint64_t{p.round} * p.round_cap);
                 p.moved += p.piece;
             } catch (...) {
                 p.err = current_failure().err;
@@ -411,13 +417,7 @@ void StreamIo::fill_read(Pending &p, uint32_t gen) {
     if (len) {
         try {
             FileHandle::Use h = handles().use(p.req.handle);
-            File &f = h->file();
-            f.for_request(false);
-            const int fd = f.fd_with(false);
-            if (fd < 0)
-                fail(EINVAL, "stream-ordered reads need the file without O_DIRECT: " +
-                                 f.why_no_twin(false));
-            const size_t got = pread_full(fd, host, len, p.f_off + start);
+            const size_t got = pread_full(plain_fd(h->file(), false), host, len, p.f_off + start);
             if (got < len)
                 p.n = start + got; // end of file: later rounds move nothing
             len = got;
