@@ -140,10 +140,13 @@ void check_request(const phxfs_io &io) {
         fail(EINVAL, "buffer range overflows");
 }
 
-// The most requests the executor takes at once: enough that their copies
-// go to the device as large groups, few enough that what waits behind them
-// stays cancelable.
-constexpr unsigned kMaxGroup = 1024;
+// The most requests the executor takes at once, and the most bytes (unless
+// one request has more): enough that the lanes stay busy from one request
+// to the next and their copies go to the device in large groups, few enough
+// that what waits behind them stays cancelable (1 GiB: about 20 ms at the
+// copy limit of a PCIe 5 GPU).
+constexpr unsigned kMaxGroup = 4096;
+constexpr uint64_t kMaxGroupBytes = 1ull << 30;
 
 // The most runs of one group (requests of one device) that go at once.
 constexpr size_t kMaxParallelRuns = 64;
@@ -151,9 +154,9 @@ constexpr size_t kMaxParallelRuns = 64;
 } // namespace
 
 // The executor wakes when requests are pending and runs them in groups of
-// the oldest: the device runs a group's small requests together (their file
-// I/O on several threads, their copies as one batched copy), and each large
-// one with all its threads.
+// the oldest: the device runs a group's requests together, in pieces of a
+// staging buffer, their file I/O on its threads and their copies in batched
+// copies (core/request.cpp, run_group).
 void Batch::executor() {
     // Kept for the next group, so that a warm executor allocates nothing.
     std::vector<uint32_t> taken;
@@ -171,17 +174,11 @@ void Batch::executor() {
 
 void Batch::run_group_locked(std::unique_lock<std::mutex> &lock, std::vector<uint32_t> &taken,
                              std::vector<GroupRequest> &group) {
-    // A group of small requests, or one large one: a large request has
-    // every thread to itself, and what waits behind it stays cancelable.
-    const size_t small = CompatEngine::piece_bytes(config());
     taken.clear();
-    while (taken.size() < kMaxGroup && !pending_.empty()) {
-        const bool large = slots_[pending_.front()].io.nbyte > small;
-        if (large && !taken.empty())
-            break;
+    uint64_t bytes = 0;
+    while (taken.size() < kMaxGroup && bytes < kMaxGroupBytes && !pending_.empty()) {
+        bytes += std::min<uint64_t>(slots_[pending_.front()].io.nbyte, kMaxGroupBytes);
         taken.push_back(pending_.pop());
-        if (large)
-            break;
     }
     lock.unlock();
     run(taken, group);

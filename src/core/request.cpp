@@ -362,6 +362,26 @@ void run_on_ring(Session &s, Stats &stats, const Config &cfg, int device_id,
 
 } // namespace
 
+namespace {
+
+// Cuts a request's compat part [off, end) into pieces that each fit a
+// staging buffer: whole when small, else at multiples of the chunk size in
+// file space; they go behind `pieces`, each owned by g.
+void add_pieces(const Config &cfg, GroupRequest &g, uint64_t end,
+                std::vector<CompatEngine::Piece> &pieces, std::vector<GroupRequest *> &owners) {
+    const uint64_t chunk = cfg.chunk_bytes;
+    const bool whole = end - g.off <= CompatEngine::piece_bytes(cfg);
+    for (uint64_t a = g.off; a < end;) {
+        const uint64_t b = whole ? end : std::min(end, align_down(a, chunk) + chunk);
+        pieces.push_back(
+            {g.file, g.where.buf + (a - g.off), g.where.kind, b - a, a, 0, {}, nullptr});
+        owners.push_back(&g);
+        a = b;
+    }
+}
+
+} // namespace
+
 void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n) {
     const Config cfg = config();
     const uint64_t t_start = now_ns();
@@ -379,6 +399,7 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
     ring_pieces.clear();
     ring_owners.clear();
     const size_t small = CompatEngine::piece_bytes(cfg);
+    size_t compat_requests[2] = {};
     for (size_t i = 0; i < n; ++i) {
         GroupRequest &g = reqs[i];
         if (g.done || g.error)
@@ -393,8 +414,8 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
                 ring_owners.push_back(&g);
                 continue;
             }
-            if (sp.ma != sp.mb || end == g.off || end - g.off > small) {
-                run_alone(s, stats, device_id, g); // a direct part, nothing, or large
+            if (sp.ma != sp.mb || end == g.off) {
+                run_alone(s, stats, device_id, g); // a direct part, or nothing
                 continue;
             }
             if (cfg.mode == PHXFS_MODE_DIRECT)
@@ -402,9 +423,8 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
             check_compat_reach(*g.file, g.write, g.off, end, g.off, g.off);
             if (cfg.mode == PHXFS_MODE_AUTO && s.node)
                 stats.fallback();
-            pieces[g.write].push_back(
-                {g.file, g.where.buf, g.where.kind, end - g.off, g.off, 0, {}});
-            owners[g.write].push_back(&g);
+            add_pieces(cfg, g, end, pieces[g.write], owners[g.write]);
+            ++compat_requests[g.write];
         } catch (...) {
             g.error = std::current_exception();
         }
@@ -412,23 +432,32 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
     if (!ring_pieces.empty())
         run_on_ring(s, stats, cfg, device_id, ring_pieces, ring_owners);
     for (int w = 0; w < 2; ++w) {
-        if (pieces[w].empty())
+        std::vector<CompatEngine::Piece> &ps = pieces[w];
+        if (ps.empty())
             continue;
-        if (w)
-            s.compat->write_many(pieces[w].data(), pieces[w].size());
-        else
-            s.compat->read_many(pieces[w].data(), pieces[w].size());
-        // The group's time, shared out evenly: no piece has its own.
-        const uint64_t each = (now_ns() - t_start) / pieces[w].size();
-        for (size_t k = 0; k < pieces[w].size(); ++k) {
-            const CompatEngine::Piece &p = pieces[w][k];
+        w ? s.compat->write_many(ps.data(), ps.size()) : s.compat->read_many(ps.data(), ps.size());
+        // The group's time, shared out evenly: no request has its own.
+        const uint64_t each = (now_ns() - t_start) / compat_requests[w];
+        // A request's pieces are adjacent: its bytes are theirs up to the
+        // first short one (the end of the file), its error their first.
+        for (size_t k = 0; k < ps.size();) {
             GroupRequest &g = *owners[w][k];
-            if (p.error)
-                g.error = p.error;
+            size_t got = 0;
+            bool short_read = false;
+            std::exception_ptr error;
+            for (; k < ps.size() && owners[w][k] == &g; ++k) {
+                if (ps[k].error && !error)
+                    error = ps[k].error;
+                if (!short_read)
+                    got += ps[k].got;
+                short_read = short_read || ps[k].got < ps[k].n;
+            }
+            if (error)
+                g.error = error;
             else
-                group_done(s, stats, cfg, device_id, g, PHXFS_PATH_COMPAT, p.got, each, t_start);
+                group_done(s, stats, cfg, device_id, g, PHXFS_PATH_COMPAT, got, each, t_start);
         }
-        pieces[w].clear();
+        ps.clear();
         owners[w].clear();
     }
     ring_pieces.clear();

@@ -41,10 +41,11 @@ struct GroupRequest {
     std::exception_ptr error;
 };
 
-// Runs the requests of a group on session s: those that are small and go
-// all through staging share lanes and have their copies queued as groups
-// (CompatEngine::read_many, write_many); the others run as run_request runs
-// them. Each completes alone: got, or error.
+// Runs the requests of a group on session s: those that go all through
+// staging, in pieces of at most a staging buffer, share the lanes and have
+// their copies queued in groups (CompatEngine::read_many, write_many); small
+// ones that go direct whole share this thread's io_uring ring; the others
+// run as run_request runs them. Each completes alone: got, or error.
 void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n);
 
 // Throws EINVAL when a request's file range overflows off_t or its length

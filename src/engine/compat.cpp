@@ -310,16 +310,15 @@ namespace {
 // Lays pieces out in one staging buffer: each at a 4 KiB boundary plus its
 // file offset's skew, as read_chunk and write_chunk lay a chunk out.
 struct Packer {
-    char *base;
+    static constexpr size_t kFull = SIZE_MAX;
     size_t cap, used = 0;
-    // Staging for [off, off + n), or null when the buffer is full.
-    char *take(uint64_t off, size_t n) {
+    // Where [off, off + n) goes in the buffer, or kFull.
+    size_t take(uint64_t off, size_t n) {
         const size_t need = align_up(off % kAlign + n, kAlign);
         if (used + need > cap)
-            return nullptr;
-        char *p = base + used;
+            return kFull;
         used += need;
-        return p;
+        return used - need;
     }
 };
 
@@ -331,40 +330,49 @@ unsigned fill_width(const Config &cfg, size_t count) {
 
 } // namespace
 
-// Pieces [first, last) of one staging buffer, and where each sits.
-struct CompatEngine::Half {
-    size_t first = 0, last = 0;
-};
-
-// Packs pieces from `first` into the lane's buffer `which`; returns the
-// half and fills lane.places[i] for its pieces (null: failed already).
-CompatEngine::Half CompatEngine::pack(Lane &lane, int which, Piece *pieces, size_t first,
-                                      size_t n) {
-    Packer pk{lane.staging(which), lane.bytes};
-    Half h{first, first};
-    for (; h.last < n; ++h.last) {
-        Piece &p = pieces[h.last];
-        char *stg = pk.take(p.off, p.n);
-        if (!stg && h.last == first) { // fits no buffer: the caller's mistake
-            p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
-            lane.places[h.last] = nullptr;
+// Cuts pieces into loads (consecutive pieces that fit one staging buffer of
+// cap bytes together, at most max_pieces of them). A piece that fits no
+// buffer fails alone: the caller's mistake.
+void CompatEngine::plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pieces,
+                              std::vector<Load> &loads) {
+    loads.clear();
+    Packer pk{cap};
+    for (size_t i = 0; i < n; ++i) {
+        Piece &p = pieces[i];
+        if (p.error)
             continue;
+        const bool full = !loads.empty() && loads.back().last - loads.back().first >= max_pieces;
+        if (loads.empty() || full || pk.take(p.off, p.n) == Packer::kFull) {
+            pk = Packer{cap};
+            if (pk.take(p.off, p.n) == Packer::kFull) {
+                p.error =
+                    std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
+                continue;
+            }
+            loads.push_back({i, i});
         }
-        if (!stg)
-            break;
-        lane.places[h.last] = stg;
+        loads.back().last = i + 1;
     }
-    return h;
 }
 
-// Runs io(i) for the pieces of h on fill_width() threads; a piece's
-// exception is its own.
+// Places the pieces of load h in the lane's buffer `which` (the same layout
+// plan_loads measured).
+void CompatEngine::place(Lane &lane, int which, const Load &h, Piece *pieces) {
+    Packer pk{lane.bytes};
+    for (size_t i = h.first; i < h.last; ++i) {
+        Piece &p = pieces[i];
+        p.place = p.error ? nullptr : lane.staging(which) + pk.take(p.off, p.n);
+    }
+}
+
+// Runs io(i) for the pieces of h on `width` threads (1: this one); a
+// piece's exception is its own.
 template <typename Io>
-void CompatEngine::fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io) {
+void CompatEngine::fill(unsigned width, const Load &h, Piece *pieces, Io &&io) {
     std::atomic<size_t> next{h.first};
-    workers_.run(fill_width(cfg, h.last - h.first), [&] {
+    workers_.run(width, [&] {
         for (size_t i; (i = next.fetch_add(1)) < h.last;) {
-            if (pieces[i].error)
+            if (pieces[i].error || !pieces[i].place)
                 continue;
             try {
                 io(i);
@@ -377,15 +385,15 @@ void CompatEngine::fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io
 
 // Queues the device copies of h's pieces as one group (host buffers are
 // copied on the spot); returns whether any was queued.
-bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Half &h, Piece *pieces,
+bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Load &h, Piece *pieces,
                                 bool to_device) {
     std::vector<Stream::Copy> &copies = lane.copies;
     copies.clear();
     for (size_t i = h.first; i < h.last; ++i) {
         Piece &p = pieces[i];
-        if (p.error || !lane.places[i])
+        if (p.error || !p.place)
             continue;
-        char *stg = lane.places[i] + p.off % kAlign;
+        char *stg = p.place + p.off % kAlign;
         const size_t n = to_device ? p.got : p.n;
         if (n == 0)
             continue;
@@ -419,7 +427,7 @@ bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Half &h, Piece
 
 // Fails the pieces of h whose bytes went through the device copies with e,
 // once what was queued has finished (the lane goes back idle).
-void CompatEngine::fail_copies(Stream &stream, const Half &h, Piece *pieces, std::exception_ptr e) {
+void CompatEngine::fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e) {
     try {
         stream.wait();
     } catch (...) { // the first error is the one to report
@@ -431,7 +439,7 @@ void CompatEngine::fail_copies(Stream &stream, const Half &h, Piece *pieces, std
 
 // Waits for the copies queued for h; a failure is that of every piece of h
 // whose bytes were in them.
-void CompatEngine::wait_copies(Stream &stream, const Half &h, Piece *pieces) {
+void CompatEngine::wait_copies(Stream &stream, const Load &h, Piece *pieces) {
     try {
         stream.wait();
     } catch (...) {
@@ -439,78 +447,107 @@ void CompatEngine::wait_copies(Stream &stream, const Half &h, Piece *pieces) {
     }
 }
 
-// Reads: the pieces of one staging buffer are read from the file in
-// parallel while the other buffer's copies to the device run.
-void CompatEngine::read_many(Piece *pieces, size_t n) {
-    const Config cfg = config();
-    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
-    Lane &lane = *lease;
-    Stream &stream = *lane.stream;
-    lane.places.assign(n, nullptr);
-    std::optional<Half> copying; // the half whose copies are queued
+// Reads, on one lane: the loads it takes from `next`, each read from the
+// file (on `width` threads) while the previous one's copies to the device
+// run.
+void CompatEngine::read_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
+                              std::atomic<size_t> &next, unsigned width, Piece *pieces) {
+    std::optional<Load> copying; // queued from the other buffer
     int cur = 0;
-    for (size_t next = 0; next < n || copying;) {
-        std::optional<Half> h;
-        if (next < n) {
-            h = pack(lane, cur, pieces, next, n);
-            fill(cfg, *h, pieces, [&](size_t i) {
-                Piece &p = pieces[i];
-                p.got = read_chunk(*p.file, lane.places[i], p.off, p.off + p.n);
-            });
-            next = h->last;
-        }
+    for (size_t k; (k = next.fetch_add(1)) < loads.size(); cur ^= 1) {
+        const Load &h = loads[k];
+        place(lane, cur, h, pieces);
+        fill(width, h, pieces, [&](size_t i) {
+            Piece &p = pieces[i];
+            p.got = read_chunk(*p.file, p.place, p.off, p.off + p.n);
+        });
         if (copying)
             wait_copies(stream, *copying, pieces);
         copying.reset();
-        if (h) {
-            try {
-                if (queue_copies(lane, stream, *h, pieces, true))
-                    copying = h;
-            } catch (...) {
-                fail_copies(stream, *h, pieces, std::current_exception());
-            }
-            cur ^= 1;
-        }
-    }
-}
-
-// Writes: one staging buffer's copies out of the device run while the
-// other buffer's pieces are written to the file in parallel.
-void CompatEngine::write_many(Piece *pieces, size_t n) {
-    const Config cfg = config();
-    LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
-    Lane &lane = *lease;
-    Stream &stream = *lane.stream;
-    lane.places.assign(n, nullptr);
-    auto stage = [&](int which, size_t first) {
-        Half h = pack(lane, which, pieces, first, n);
         try {
-            queue_copies(lane, stream, h, pieces, false);
+            if (queue_copies(lane, stream, h, pieces, true))
+                copying = h;
         } catch (...) {
             fail_copies(stream, h, pieces, std::current_exception());
         }
-        return h;
-    };
-    std::optional<Half> ready; // copied into staging, to be written
-    int cur = 0;
-    if (n) {
-        ready = stage(cur, 0);
-        wait_copies(stream, *ready, pieces);
     }
-    while (ready) {
-        std::optional<Half> h;
-        if (ready->last < n)
-            h = stage(cur ^ 1, ready->last);
-        fill(cfg, *ready, pieces, [&](size_t i) {
+    if (copying)
+        wait_copies(stream, *copying, pieces);
+}
+
+// Writes, on one lane: the loads it takes from `next`, each copied out of
+// the device while the previous one is written to the file (on `width`
+// threads).
+void CompatEngine::write_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
+                               std::atomic<size_t> &next, unsigned width, Piece *pieces) {
+    std::optional<Load> ready; // in the other buffer, copied, to be written
+    auto write = [&](const Load &h) {
+        fill(width, h, pieces, [&](size_t i) {
             Piece &p = pieces[i];
-            write_chunk(*p.file, lane.places[i], p.off, p.off + p.n);
+            write_chunk(*p.file, p.place, p.off, p.off + p.n);
             p.got = p.n;
         });
-        if (h)
-            wait_copies(stream, *h, pieces);
+    };
+    int cur = 0;
+    for (size_t k; (k = next.fetch_add(1)) < loads.size(); cur ^= 1) {
+        const Load &h = loads[k];
+        place(lane, cur, h, pieces);
+        bool queued = false;
+        try {
+            queued = queue_copies(lane, stream, h, pieces, false);
+        } catch (...) {
+            fail_copies(stream, h, pieces, std::current_exception());
+        }
+        if (ready)
+            write(*ready);
+        if (queued)
+            wait_copies(stream, h, pieces);
         ready = h;
-        cur ^= 1;
     }
+    if (ready)
+        write(*ready);
+}
+
+// A group that fits two staging buffers runs on one lane, each buffer's
+// file I/O on several threads (many tiny pieces: the latency of a few). A
+// larger one is cut into at least as many loads as there are threads, and
+// each lane takes loads on its own, its file I/O on its own thread: no
+// participant waits for another between loads, as for a large request.
+void CompatEngine::many(Piece *pieces, size_t n, bool write) {
+    const Config cfg = config();
+    thread_local std::vector<Load> kept; // a warm group allocates nothing
+    std::vector<Load> &loads = kept;     // (the participants' threads see this one)
+    plan_loads(pieces, n, cfg.chunk_bytes, SIZE_MAX, loads);
+    if (loads.empty())
+        return;
+    std::atomic<size_t> next{0};
+    if (loads.size() <= 2) {
+        LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+        const unsigned width = fill_width(cfg, n);
+        write ? write_loads(*lease, *lease->stream, loads, next, width, pieces)
+              : read_loads(*lease, *lease->stream, loads, next, width, pieces);
+        return;
+    }
+    plan_loads(pieces, n, cfg.chunk_bytes, (n + cfg.threads - 1) / cfg.threads, loads);
+    // Buffered writes to one file contend on its inode lock (see
+    // kBufferedWriteWidth); pieces of several files gain from more writers.
+    const bool one_buffered_file =
+        write && !pieces[0].file->info().direct &&
+        std::all_of(pieces, pieces + n, [&](const Piece &p) { return p.file == pieces[0].file; });
+    const unsigned max_width = one_buffered_file ? kBufferedWriteWidth : kMaxThreads;
+    run(cfg, max_width, loads.size(), cfg.chunk_bytes, MemKind::cuda,
+        [&](Lane &lane, Stream &stream) {
+            write ? write_loads(lane, stream, loads, next, 1, pieces)
+                  : read_loads(lane, stream, loads, next, 1, pieces);
+        });
+}
+
+void CompatEngine::read_many(Piece *pieces, size_t n) {
+    many(pieces, n, false);
+}
+
+void CompatEngine::write_many(Piece *pieces, size_t n) {
+    many(pieces, n, true);
 }
 
 } // namespace phxfs::core

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <vector>
 
 namespace phxfs::core {
 
@@ -37,28 +38,41 @@ class CompatEngine {
         uint64_t off;
         size_t got = 0;           // bytes moved (a read: short only at end of file)
         std::exception_ptr error; // set when it failed
+        char *place = nullptr;    // where it sits in staging while it moves
     };
-    // Many small requests of one device with one lane, pipelined: the file
-    // I/O of one staging buffer's pieces in parallel while the other
-    // buffer's device copies run, queued as one group and waited for once.
+    // Many requests of one device, pipelined: the pieces go in loads (as
+    // many as fit one staging buffer), each load's file I/O overlapping the
+    // device copies of the one before on its lane, and its copies queued as
+    // one group and waited for once. A small group takes one lane and reads
+    // each load on several threads; a large one takes a lane per thread.
     // Each piece succeeds or fails alone (a failed group copy fails the
     // pieces in it). Pieces must fit a staging buffer (piece_bytes()).
     void read_many(Piece *pieces, size_t n);
     void write_many(Piece *pieces, size_t n);
     // The most one piece may take: a staging buffer less the 4 KiB a piece
-    // may need for alignment.
+    // may need for alignment. A larger request fits in pieces cut at
+    // multiples of cfg.chunk_bytes in file space (each within one chunk).
     static size_t piece_bytes(const Config &cfg) { return cfg.chunk_bytes - kAlign; }
 
     // Frees idle staging memory; staging_bytes is the budget from now on.
     void trim(size_t staging_bytes) { lanes_.trim(staging_bytes); }
 
   private:
-    struct Half;
-    Half pack(Lane &lane, int which, Piece *pieces, size_t first, size_t n);
-    template <typename Io> void fill(const Config &cfg, const Half &h, Piece *pieces, Io &&io);
-    bool queue_copies(Lane &lane, Stream &stream, const Half &h, Piece *pieces, bool to_device);
-    void wait_copies(Stream &stream, const Half &h, Piece *pieces);
-    void fail_copies(Stream &stream, const Half &h, Piece *pieces, std::exception_ptr e);
+    struct Load { // pieces [first, last) in one staging buffer
+        size_t first = 0, last = 0;
+    };
+    static void plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pieces,
+                           std::vector<Load> &loads);
+    static void place(Lane &lane, int which, const Load &h, Piece *pieces);
+    template <typename Io> void fill(unsigned width, const Load &h, Piece *pieces, Io &&io);
+    bool queue_copies(Lane &lane, Stream &stream, const Load &h, Piece *pieces, bool to_device);
+    void wait_copies(Stream &stream, const Load &h, Piece *pieces);
+    void fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e);
+    void read_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
+                    std::atomic<size_t> &next, unsigned width, Piece *pieces);
+    void write_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
+                     std::atomic<size_t> &next, unsigned width, Piece *pieces);
+    void many(Piece *pieces, size_t n, bool write);
 
     template <typename ChunkLoop>
     void run(const Config &cfg, unsigned max_width, size_t nchunks, size_t chunk_bytes,

@@ -22,10 +22,9 @@ struct Lane {
     StagingBuffer region;                  // both buffers: [0, bytes) and [bytes, 2 * bytes)
     std::unique_ptr<Stream> stream;        // copies to and from the device's memory
     std::atomic<uint64_t> *held = nullptr; // the device's staging count, which has region
-    // A group's copies and staging places (CompatEngine::read_many,
-    // write_many), kept for the next group.
+    // A load's copies (CompatEngine::read_many, write_many), kept for the
+    // next one.
     std::vector<Stream::Copy> copies;
-    std::vector<char *> places;
 
     Lane() = default;
     Lane(const Lane &) = delete;

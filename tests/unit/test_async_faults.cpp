@@ -72,7 +72,6 @@ TEST_F(AsyncFaults, CloseWaitsForRunningRequests) {
 }
 
 // Cancel takes what has not started; the started request completes whole.
-// (Requests larger than a lane run one by one: the test's lanes are 128 KiB.)
 TEST_F(AsyncFaults, CancelLeavesTheStartedRequestAlone) {
     delay_next_pread(300);
     constexpr uint64_t kLen = 128 << 10;
@@ -82,9 +81,12 @@ TEST_F(AsyncFaults, CancelLeavesTheStartedRequestAlone) {
         ios.push_back({fh_, PHXFS_OP_READ, 0, buf.get(), i * kLen, kLen, (i * kLen) % (1 << 20),
                        reinterpret_cast<void *>(i)});
     phxfs::Batch b(10);
-    b.submit(ios.data(), 10);
+    // The executor takes what is pending as one group: the other nine go
+    // once the first is running.
+    b.submit(ios.data(), 1);
     for (auto t0 = Clock::now(); fault::hits(Site::pread) == 0 && Clock::now() - t0 < 5s;)
         std::this_thread::sleep_for(1ms);
+    b.submit(ios.data() + 1, 9);
     EXPECT_EQ(b.cancel(), 9u);
     phxfs_completion cs[10];
     ASSERT_EQ(b.reap(cs, 10, 10, 10s), 10u);
@@ -126,6 +128,78 @@ TEST_F(AsyncFaults, DestroyWaitsForTheRunningRequest) {
     ASSERT_EQ(phxfs_file_close(fh_), 0);
     fh_ = nullptr;
     EXPECT_LT(Clock::now() - t1, 100ms);
+}
+
+// A group's requests go through the lanes in pieces of a staging buffer,
+// large and small together, on several lanes at once: each request gets its
+// own bytes (short at the end of the file), and a piece that fails fails
+// its request alone.
+TEST_F(AsyncFaults, PiecesOfAGroupFailTheirRequestAlone) {
+    small_chunks(4, 64 << 10);
+    constexpr uint64_t kFile = 1 << 20;
+    struct Want {
+        uint64_t off, n, got;
+    };
+    const std::vector<Want> want = {
+        {1000, 300 << 10, 300 << 10},                // large, unaligned: six pieces
+        {5000, 3000, 3000},                          // small
+        {512 << 10, 256 << 10, 256 << 10},           // large, aligned
+        {kFile - (100 << 10), 200 << 10, 100 << 10}, // past the end: short
+        {70000, 64 << 10, 64 << 10},                 // one chunk's size, across two
+    };
+    uint64_t total = 0;
+    for (const Want &w : want)
+        total += w.n;
+    const std::string wpath = dir_.file("w.dat");
+    const int wfd = ::open(wpath.c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(wfd, 0);
+    phxfs_file_t wfh = nullptr;
+    ASSERT_EQ(phxfs_file_open(&wfh, 0, wfd), 0) << phxfs_last_error();
+    for (Site site : {Site::count, Site::pread, Site::pwrite}) {
+        SCOPED_TRACE(site == Site::count ? "no fault" : site == Site::pread ? "pread" : "pwrite");
+        const bool write = site == Site::pwrite;
+        if (site != Site::count)
+            fault::arm(site, {.err = EIO}, 3, 1); // one piece, not the first
+        auto buf = host_buffer(total);
+        if (write)
+            fill_pattern_fast(buf.get(), total, 0, 9);
+        std::vector<phxfs_io> ios;
+        uint64_t at = 0;
+        for (uintptr_t i = 0; i < want.size(); ++i) {
+            ios.push_back({write ? wfh : fh_, write ? PHXFS_OP_WRITE : PHXFS_OP_READ, 0, buf.get(),
+                           at, want[i].n, want[i].off, reinterpret_cast<void *>(i)});
+            at += want[i].n;
+        }
+        phxfs::Batch b(16);
+        b.submit(ios.data(), static_cast<unsigned>(ios.size()));
+        std::vector<phxfs_completion> cs(ios.size());
+        ASSERT_EQ(b.reap(cs.data(), static_cast<unsigned>(ios.size()), 16, 10s), ios.size());
+        unsigned failed = 0;
+        for (const phxfs_completion &c : cs) {
+            const auto i = reinterpret_cast<uintptr_t>(c.user_data);
+            if (c.status == PHXFS_IO_FAILED) {
+                ++failed;
+                EXPECT_EQ(c.result, -EIO) << i << ": " << c.error;
+                continue;
+            }
+            ASSERT_EQ(c.status, PHXFS_IO_DONE) << i;
+            const uint64_t n = write ? want[i].n : want[i].got;
+            EXPECT_EQ(c.result, static_cast<int64_t>(n)) << i << ": " << c.error;
+            if (!write) {
+                EXPECT_EQ(first_mismatch(buf.get() + ios[i].buf_offset, n, want[i].off), n) << i;
+                continue;
+            }
+            std::vector<uint8_t> back(n);
+            ASSERT_EQ(::pread(wfd, back.data(), n, want[i].off), static_cast<ssize_t>(n));
+            EXPECT_EQ(first_mismatch(back.data(), n, ios[i].buf_offset, 9), n) << i;
+        }
+        EXPECT_EQ(failed, site == Site::count ? 0u : 1u);
+        EXPECT_EQ(fault::hits(site == Site::count ? Site::pread : site),
+                  site == Site::count ? 0u : 1u);
+        fault::disarm();
+    }
+    ASSERT_EQ(phxfs_file_close(wfh), 0);
+    ::close(wfd);
 }
 
 } // namespace
