@@ -102,12 +102,18 @@ std::unique_ptr<Lane> LanePool::acquire(size_t bytes, size_t budget) {
     }
 }
 
-std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget) {
+std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget,
+                                            const std::atomic<bool> *closed) {
     std::vector<std::unique_ptr<Lane>> drop;
     std::unique_lock lock(m_);
     bool must_make = false;
-    if (auto lane = take_locked(bytes, budget, must_make, drop))
-        return lane;
+    for (;;) {
+        if (auto lane = take_locked(bytes, budget, must_make, drop))
+            return lane;
+        if (must_make || !closed || *closed)
+            break;
+        cv_.wait(lock); // a lane comes back, or close()
+    }
     lock.unlock();
     drop.clear();
     if (!must_make)
@@ -128,6 +134,14 @@ void LanePool::release(std::unique_ptr<Lane> lane) {
             idle_bytes_ += 2 * lane->bytes;
             idle_.push_back(std::move(lane));
         }
+    }
+    cv_.notify_all();
+}
+
+void LanePool::close(std::atomic<bool> &closed) {
+    {
+        std::lock_guard lock(m_); // a waiter checks closed under the lock
+        closed = true;
     }
     cv_.notify_all();
 }

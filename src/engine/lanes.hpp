@@ -43,9 +43,14 @@ class LanePool {
 
     // A lane with buffers of `bytes`, within a budget of `budget` bytes of
     // staging memory. acquire() waits for one; try_acquire() returns null
-    // when none is free and the budget is spent.
+    // when none is free and the budget is spent, or, given `closed`, waits
+    // for one until closed is set and close() called (the helper of a
+    // request whose work has all been taken has no use for a lane).
     std::unique_ptr<Lane> acquire(size_t bytes, size_t budget);
-    std::unique_ptr<Lane> try_acquire(size_t bytes, size_t budget);
+    std::unique_ptr<Lane> try_acquire(size_t bytes, size_t budget,
+                                      const std::atomic<bool> *closed = nullptr);
+    // Sets closed and wakes the try_acquire() calls waiting on it.
+    void close(std::atomic<bool> &closed);
     // Takes a lane back: idle for the next request, or freed when the pool
     // holds more than the budget last asked for (it was lowered).
     void release(std::unique_ptr<Lane> lane);

@@ -39,7 +39,8 @@ namespace phxfs::core::cuda {
 // cuMemcpyBatchAsync is CUDA 12.8+; the VM suite's stand-in driver: the
 // module calls, which only the scatter and stream copy kernels need; the
 // stream memory operations and the rest, which only stream-ordered I/O
-// needs).
+// needs; the stream query and events, without which a lane's wait is
+// cuStreamSynchronize).
 #define PHXFS_CUDA_OPTIONAL_FUNCS(X)                                                               \
     X(cuMemcpyBatchAsync)                                                                          \
     X(cuMemAlloc)                                                                                  \
@@ -53,7 +54,12 @@ namespace phxfs::core::cuda {
     X(cuMemHostGetDevicePointer)                                                                   \
     X(cuStreamGetCtx)                                                                              \
     X(cuStreamWriteValue32)                                                                        \
-    X(cuStreamWaitValue32)
+    X(cuStreamWaitValue32)                                                                         \
+    X(cuStreamQuery)                                                                               \
+    X(cuEventCreate)                                                                               \
+    X(cuEventDestroy)                                                                              \
+    X(cuEventRecord)                                                                               \
+    X(cuEventSynchronize)
 
 struct Driver {
 #define PHXFS_CUDA_MEMBER(name) decltype(&::name) name = nullptr;

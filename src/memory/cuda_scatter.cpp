@@ -18,10 +18,14 @@ const cuda::Driver &drv() {
     return *cuda::driver();
 }
 
-// scatter.cu's PhxfsCopy.
+// scatter.cu's PhxfsCopy, and its tile: the bytes a block copies at a time.
 struct Descriptor {
     unsigned long long dst, src, n;
 };
+constexpr size_t kTile = 64 << 10;
+// Grid bounds: blocks past them loop (the kernel is grid-stride both ways).
+constexpr size_t kMaxTilesPerPiece = 256;
+constexpr size_t kMaxPiecesPerLaunch = 65535;
 
 } // namespace
 
@@ -75,14 +79,20 @@ void ScatterKernel::launch(CUstream stream, const Stream::Copy *copies, size_t n
         d.ctx_ = ctx_;
     }
     auto *desc = static_cast<Descriptor *>(d.p_);
-    for (size_t i = 0; i < n; ++i)
+    size_t largest = 0;
+    for (size_t i = 0; i < n; ++i) {
         desc[i] = {reinterpret_cast<unsigned long long>(copies[i].dst),
                    reinterpret_cast<unsigned long long>(copies[i].src), copies[i].n};
+        largest = std::max(largest, copies[i].n);
+    }
     void *list = d.p_;
     unsigned count = static_cast<unsigned>(n);
     void *args[] = {&list, &count};
-    const unsigned blocks = static_cast<unsigned>(std::min<size_t>(n, 4096));
-    cuda::check(drv().cuLaunchKernel(fn_, blocks, 1, 1, 256, 1, 1, 0, stream, args, nullptr),
+    // A block per tile of the largest piece and per piece (scatter.cu).
+    const auto tiles = static_cast<unsigned>(
+        std::clamp<size_t>((largest + kTile - 1) / kTile, 1, kMaxTilesPerPiece));
+    const auto pieces = static_cast<unsigned>(std::min<size_t>(n, kMaxPiecesPerLaunch));
+    cuda::check(drv().cuLaunchKernel(fn_, tiles, pieces, 1, 256, 1, 1, 0, stream, args, nullptr),
                 "cuLaunchKernel (scatter)");
 }
 

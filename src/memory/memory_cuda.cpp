@@ -8,9 +8,11 @@
 #include "memory/numa.hpp"
 
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 namespace phxfs::core {
@@ -36,13 +38,22 @@ bool vmm_mapped(CUdeviceptr a) {
 
 class CudaStream final : public Stream {
   public:
-    CudaStream(CUcontext ctx, const ScatterKernel &scatter) : ctx_(ctx), scatter_(scatter) {
+    CudaStream(CUcontext ctx, const ScatterKernel &scatter, bool spin)
+        : ctx_(ctx), scatter_(scatter) {
         cuda::ContextScope scope(ctx_);
         cuda::check(drv().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+        const cuda::Driver &d = drv();
+        if (!spin && d.cuStreamQuery && d.cuEventCreate && d.cuEventDestroy && d.cuEventRecord &&
+            d.cuEventSynchronize &&
+            d.cuEventCreate(&done_, CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING) !=
+                CUDA_SUCCESS)
+            done_ = nullptr;
     }
     ~CudaStream() override {
         try {
             cuda::ContextScope scope(ctx_);
+            if (done_)
+                drv().cuEventDestroy(done_);
             drv().cuStreamDestroy(stream_);
             if (bounce_)
                 drv().cuMemFree(bounce_);
@@ -63,9 +74,31 @@ class CudaStream final : public Stream {
     }
     void to_buffers(const Copy *copies, size_t n) override { batch(copies, n, true); }
     void to_stagings(const Copy *copies, size_t n) override { batch(copies, n, false); }
+    // A copy of a few KiB is done within microseconds: polled for. A longer
+    // one (a lane's 4 MiB waits behind the other lanes' copies for a
+    // millisecond or more) is slept on, through an event with blocking
+    // sync, so that its CPU time goes to the other lanes' file reads instead
+    // of cuStreamSynchronize's spinning (on an H100 VM the page-cache reads
+    // of 16 lanes needed every core).
     void wait() override {
         cuda::ContextScope scope(ctx_);
-        cuda::check(drv().cuStreamSynchronize(stream_), "cuStreamSynchronize");
+        const cuda::Driver &d = drv();
+        if (!done_) {
+            cuda::check(d.cuStreamSynchronize(stream_), "cuStreamSynchronize");
+            return;
+        }
+        const auto until = std::chrono::steady_clock::now() + kPoll;
+        for (;;) {
+            const CUresult r = d.cuStreamQuery(stream_);
+            if (r != CUDA_ERROR_NOT_READY) {
+                cuda::check(r, "cuStreamQuery");
+                return;
+            }
+            if (std::chrono::steady_clock::now() >= until)
+                break;
+        }
+        cuda::check(d.cuEventRecord(done_, stream_), "cuEventRecord");
+        cuda::check(d.cuEventSynchronize(done_), "cuEventSynchronize");
     }
 
   private:
@@ -154,6 +187,7 @@ class CudaStream final : public Stream {
         return true;
     }
     static constexpr size_t kMaxBounce = 64 << 20;
+    static constexpr auto kPoll = std::chrono::microseconds(20);
 
     // Whether a kernel of our context may touch the device memory at p:
     // memory of our context, managed memory, and memory of the virtual
@@ -182,6 +216,7 @@ class CudaStream final : public Stream {
 
     CUcontext ctx_;
     CUstream stream_ = nullptr;
+    CUevent done_ = nullptr; // wait() sleeps on it; null: wait() is cuStreamSynchronize
     const ScatterKernel &scatter_;
     CUdeviceptr reach_lo_ = 0, reach_hi_ = 0; // the allocation kernel_reaches() asked last
     bool reach_ok_ = false;
@@ -214,6 +249,10 @@ class CudaBackend final : public Backend {
                                    CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, dev_);
         flush_ = ordering < CU_GPU_DIRECT_RDMA_WRITES_ORDERING_OWNER &&
                  (options & CU_FLUSH_GPU_DIRECT_RDMA_WRITES_OPTION_HOST);
+        // PHXFS_SPIN_WAIT=1: lanes wait for their copies spinning, as
+        // cuStreamSynchronize does (CudaStream::wait; for comparisons).
+        const char *spin = std::getenv("PHXFS_SPIN_WAIT");
+        spin_wait_ = spin && *spin && std::string_view(spin) != "0";
     }
     ~CudaBackend() override {
         scatter_.reset(); // its module lives in the context
@@ -231,7 +270,7 @@ class CudaBackend final : public Backend {
         return StagingBuffer(p, StagingFree{ctx_});
     }
     std::unique_ptr<Stream> make_stream() override {
-        return std::make_unique<CudaStream>(ctx_, scatter());
+        return std::make_unique<CudaStream>(ctx_, scatter(), spin_wait_);
     }
     void after_direct_read() override {
         if (!flush_)
@@ -362,7 +401,8 @@ class CudaBackend final : public Backend {
     int numa_node_; // staging memory's node, -1: anywhere
     CUdevice dev_ = 0;
     CUcontext ctx_ = nullptr;
-    bool flush_ = false; // direct reads end with cuFlushGPUDirectRDMAWrites
+    bool flush_ = false;     // direct reads end with cuFlushGPUDirectRDMAWrites
+    bool spin_wait_ = false; // PHXFS_SPIN_WAIT: lanes spin in wait() instead of sleeping
     std::once_flag scatter_once_;
     std::unique_ptr<ScatterKernel> scatter_;
 };
