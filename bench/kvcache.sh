@@ -11,6 +11,7 @@
 #
 #   bench/kvcache.sh BUILD_DIR [STORE]   (BUILD_DIR/tools/phxfs-bench, BUILD_DIR/bench/gpu_baseline)
 #
+# KV_BLOCKS, KV_UNITS, KV_PATTERNS and KV_STORE=0 choose a part of the matrix.
 # STORE (default /var/tmp/phx-kv.dat, 16 GiB: KV_STORE_BLOCKS blocks of 2 MiB)
 # is created if missing and removed at the end unless KEEP=1. Every request
 # of a case is the same for every path (same seed). For cuFile on a VM, run
@@ -27,6 +28,12 @@ here=$(dirname "$0")
 # handle of at most 128 entries at a time, as applications use it.
 run_limit=${KV_RUN_LIMIT:-60}
 cufile_all=${KV_CUFILE_ALL:-0}
+# A part of the matrix (default all of it): blocks per request, units,
+# patterns of the restores, and whether the stores run (KV_STORE=0: not).
+blocks_list=${KV_BLOCKS:-512 2048}
+units=${KV_UNITS:-layer block}
+patterns=${KV_PATTERNS:-random zipf}
+stores=${KV_STORE:-1}
 [ "${KEEP:-0}" = 1 ] || trap 'rm -f "$store" "$store.limit"' EXIT
 model=(-I kvcache --kv-layers 32 --kv-heads 8 --kv-head-dim 128 --kv-dtype-bytes 2
 	--kv-block-tokens 16 --kv-store-blocks "$store_blocks" --kv-seed 1)
@@ -64,9 +71,9 @@ PY
 			--kv-blocks 512 --kv-requests 2 -x "$path" "${depth[@]}" | sed "s/^/verify $path: /" >&2 ||
 			echo "verify $path: FAILED" >&2
 	done
-	for n in 512 2048; do
-		for unit in layer block; do
-			for pattern in random zipf; do
+	for n in $blocks_list; do
+		for unit in $units; do
+			for pattern in $patterns; do
 				c=(--kv-op restore --kv-blocks "$n" --kv-unit "$unit" --kv-pattern "$pattern" -T "$secs")
 				kv phxfs "${c[@]}"
 				[ "$cufile_all" = 1 ] && kv cufile-batch "${c[@]}" -x cufile
@@ -75,8 +82,9 @@ PY
 		done
 	done
 	# Storing last: it leaves the store without the pattern.
-	for n in 512 2048; do
-		for unit in layer block; do
+	[ "$stores" = 1 ] || blocks_list=
+	for n in $blocks_list; do
+		for unit in $units; do
 			c=(--kv-op store --kv-blocks "$n" --kv-unit "$unit" --kv-pattern random -T "$secs")
 			kv phxfs "${c[@]}"
 			kv cufile-batch128 "${c[@]}" -x cufile --batch 128
