@@ -9,7 +9,9 @@ whose ``errno`` is the library's and whose message is ``phxfs_last_error()``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import (
     Any,
@@ -44,6 +46,7 @@ __all__ = [
     "inspect_buffer",
     "open_device",
     "register",
+    "release_devices",
     "reset_stats",
     "set_config",
     "stats",
@@ -163,6 +166,40 @@ class Device(_ClosingWhenCollected):
 def open_device(device_id: int = 0) -> Device:
     """Open a device; use as a context manager: ``with phxfs.open_device(0) as dev: ...``."""
     return Device(device_id)
+
+
+# Files (and so the loaders) open their device through this: once per
+# process, kept open until release_devices() or exit. The last close of a
+# device frees its pinned staging memory, copy streams and threads; making
+# them again for each file cost 20-25 ms a load on an H100 and halved the
+# first read's speed (bench/results/2026-12-06-h100-session3.md).
+_kept: Dict[int, Device] = {}
+_kept_lock = threading.Lock()
+
+
+def _kept_device(device_id: int) -> Device:
+    with _kept_lock:
+        dev = _kept.get(device_id)
+        if dev is None or dev.closed:
+            dev = _kept[device_id] = Device(device_id)
+        return dev
+
+
+def release_devices() -> None:
+    """Close the devices that :class:`File` opened and keeps open for the
+    process (with their staging memory, streams and threads, which stay warm
+    from one file to the next). Called at exit; a later ``File`` opens its
+    device again. Devices opened with :func:`open_device` are the caller's."""
+    with _kept_lock:
+        devs = list(_kept.values())
+        _kept.clear()
+    for dev in devs:
+        dev.close()
+
+
+atexit.register(release_devices)
+# A child of fork() has devices of its own: what the parent kept is not its.
+os.register_at_fork(after_in_child=_kept.clear)
 
 
 def device_count() -> int:
@@ -360,7 +397,7 @@ class File(_ClosingWhenCollected):
             self._owns_fd = True
         self._fd = fd
         try:
-            self._device = Device(dev_id)
+            self._device = _kept_device(dev_id)
             self._handle = _phxfs.Handle(fd, dev_id)
         except BaseException:
             self.close()
@@ -455,7 +492,8 @@ class File(_ClosingWhenCollected):
 
     def close(self) -> None:
         """Close the handle (waits for its running requests), then the fd
-        if this file opened it, then the device."""
+        if this file opened it. The device stays open for the next file
+        (:func:`release_devices`)."""
         h, self._handle = self._handle, None
         try:
             if h is not None:
@@ -464,9 +502,6 @@ class File(_ClosingWhenCollected):
             if self._owns_fd and self._fd >= 0:
                 os.close(self._fd)
             self._owns_fd = False
-            d, self._device = self._device, None
-            if d is not None:
-                d.close()
 
     def __repr__(self) -> str:
         what = repr(self._path) if self._path is not None else f"fd {self._fd}"

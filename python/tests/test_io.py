@@ -144,6 +144,26 @@ def test_closed_file(data_file: Path) -> None:
     f.close()  # twice is fine
 
 
+def test_files_keep_their_device_warm(data_file: Path) -> None:
+    """Closing a File leaves its device open (staging, streams and threads
+    ready for the next file) until release_devices(); then a File opens it
+    again."""
+    phxfs.release_devices()
+    with phxfs.File(data_file) as f:
+        assert f.read_into(bytearray(1 << 20)) == 1 << 20
+    held = phxfs.stats(0).staging_bytes
+    assert held > 0, "the device's staging went with the file"
+    with phxfs.File(data_file) as f:
+        buf = bytearray(1 << 20)
+        assert f.read_into(buf) == 1 << 20
+        assert bytes(buf[:16]) == EXPECTED[:16].tobytes()
+    assert phxfs.stats(0).staging_bytes == held, "staging made anew for the second file"
+    phxfs.release_devices()
+    phxfs.release_devices()  # twice is fine
+    with phxfs.File(data_file) as f:
+        assert f.read_into(bytearray(16), file_offset=251) == 16
+
+
 def test_borrowed_fd_stays_open(data_file: Path) -> None:
     fd = os.open(data_file, os.O_RDONLY)
     try:
