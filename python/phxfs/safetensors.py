@@ -101,12 +101,10 @@ __all__ = [
 #: The reference implementation's limit on the JSON header (100 MB).
 MAX_HEADER_SIZE = 100_000_000
 #: Each file's data section is read in requests of at most this many bytes.
-#: Large, because the engine runs a batch's large requests one at a time,
-#: each on all its threads in chunks (PHXFS_CHUNK_KB): a request must hold
-#: many chunks per thread for reads and copies to overlap. With 64 MiB
-#: requests a 16 GB checkpoint loaded at 0.62 of the copy limit on an H100,
-#: where single 1 GiB reads run at 0.84-0.92 and 2 GiB at 0.94
-#: (bench/results/2026-12-06-h100-issue13-safetensors.md).
+#: The engine cuts requests into staging-sized pieces and keeps every lane
+#: busy across them, so the size matters little (on an H100, 16 GB cached:
+#: 64 MiB requests 38.2 GB/s, 1 GiB 40.0;
+#: bench/results/2026-12-06-h100-session3.md); large ones keep the batch short.
 CHUNK_BYTES = 1 << 30
 _ALIGN = 4096
 
