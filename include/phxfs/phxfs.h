@@ -211,6 +211,11 @@ void phxfs_future_free(phxfs_future_t future);
  * phxfs_batch_create(). Requests may be of any handles and devices; each
  * completes alone, with its own result: one bad request fails alone.
  * Submitting, reaping and cancelling are thread safe.
+ *
+ * Requests start in groups, the oldest first: up to 4096 requests or 1 GiB
+ * at a time (at least one), which run together (through the compat path:
+ * in pieces of a staging buffer on every lane) and complete together. A
+ * reap that would wait runs waiting groups on the calling thread.
  */
 typedef struct phxfs_batch *phxfs_batch_t;
 
@@ -267,7 +272,9 @@ int phxfs_batch_reap(phxfs_batch_t batch, struct phxfs_completion *out,
 		     unsigned min_nr, unsigned max_nr, int64_t timeout_ns);
 
 /* Cancels the requests not yet started (they complete as canceled);
- * started ones run to the end. Returns how many it canceled, or -1. */
+ * started ones run to the end, and a request submitted together with
+ * others may have started in their group. Returns how many it canceled,
+ * or -1. */
 int phxfs_batch_cancel(phxfs_batch_t batch);
 
 /* Cancels what has not started, waits for the rest, frees the batch and

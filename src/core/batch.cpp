@@ -181,7 +181,15 @@ void Batch::run_group_locked(std::unique_lock<std::mutex> &lock, std::vector<uin
         taken.push_back(pending_.pop());
     }
     lock.unlock();
-    run(taken, group);
+    try {
+        run(taken, group);
+    } catch (...) { // out of memory before the devices ran any: each fails with it
+        GroupRequest failed;
+        failed.error = std::current_exception();
+        for (uint32_t s : taken)
+            finish(slots_[s], failed);
+        group.clear();
+    }
     lock.lock();
     for (uint32_t s : taken) {
         slots_[s].handle = FileHandle::Use(); // closing the handle waits no more for it
@@ -219,6 +227,16 @@ void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &g
             ++b;
         return b;
     };
+    // A run that throws (out of memory) fails its undecided requests.
+    auto run_on_device = [&](size_t a, size_t b) {
+        try {
+            device(device_of(a)).io_group(&group[a], b - a);
+        } catch (...) {
+            for (size_t i = a; i < b; ++i)
+                if (!group[i].done && !group[i].error)
+                    group[i].error = std::current_exception();
+        }
+    };
     int one = -1;
     bool several = false;
     for (size_t i = 0; i < group.size() && !several; ++i) {
@@ -234,7 +252,7 @@ void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &g
                 continue;
             }
             const size_t b = run_end(a);
-            device(device_of(a)).io_group(&group[a], b - a);
+            run_on_device(a, b);
             a = b;
         }
     } else {
@@ -247,16 +265,8 @@ void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &g
         }
         std::atomic<size_t> next{0};
         run_parallel(static_cast<unsigned>(std::min<size_t>(runs.size(), kMaxParallelRuns)), [&] {
-            for (size_t k; (k = next.fetch_add(1)) < runs.size();) {
-                const auto [a, b] = runs[k];
-                try {
-                    device(device_of(a)).io_group(&group[a], b - a);
-                } catch (...) { // out of memory: the run's undecided requests fail
-                    for (size_t i = a; i < b; ++i)
-                        if (!group[i].done && !group[i].error)
-                            group[i].error = std::current_exception();
-                }
-            }
+            for (size_t k; (k = next.fetch_add(1)) < runs.size();)
+                run_on_device(runs[k].first, runs[k].second);
         });
     }
     for (size_t i = 0; i < taken.size(); ++i)

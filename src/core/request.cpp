@@ -435,7 +435,8 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
         std::vector<CompatEngine::Piece> &ps = pieces[w];
         if (ps.empty())
             continue;
-        w ? s.compat->write_many(ps.data(), ps.size()) : s.compat->read_many(ps.data(), ps.size());
+        w ? s.compat->write_many(cfg, ps.data(), ps.size())
+          : s.compat->read_many(cfg, ps.data(), ps.size());
         // The group's time, shared out evenly: no request has its own.
         const uint64_t each = (now_ns() - t_start) / compat_requests[w];
         // A request's pieces are adjacent: its bytes are theirs up to the

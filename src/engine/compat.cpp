@@ -359,14 +359,14 @@ void CompatEngine::plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pi
         Piece &p = pieces[i];
         if (p.error)
             continue;
+        if (Packer{cap}.take(p.off, p.n) == Packer::kFull) { // before pk or the load change
+            p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
+            continue;
+        }
         const bool full = !loads.empty() && loads.back().last - loads.back().first >= max_pieces;
         if (loads.empty() || full || pk.take(p.off, p.n) == Packer::kFull) {
             pk = Packer{cap};
-            if (pk.take(p.off, p.n) == Packer::kFull) {
-                p.error =
-                    std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
-                continue;
-            }
+            pk.take(p.off, p.n);
             loads.push_back({i, i});
         }
         loads.back().last = i + 1;
@@ -379,7 +379,15 @@ void CompatEngine::place(Lane &lane, int which, const Load &h, Piece *pieces) {
     Packer pk{lane.bytes};
     for (size_t i = h.first; i < h.last; ++i) {
         Piece &p = pieces[i];
-        p.place = p.error ? nullptr : lane.staging(which) + pk.take(p.off, p.n);
+        if (p.error)
+            continue;
+        const size_t at = pk.take(p.off, p.n);
+        if (at == Packer::kFull) { // planned for another size: never write past the lane
+            p.error = std::make_exception_ptr(
+                Error(EINVAL, "piece does not fit the staging buffer it was planned for"));
+            continue;
+        }
+        p.place = lane.staging(which) + at;
     }
 }
 
@@ -445,13 +453,16 @@ bool CompatEngine::queue_copies(Lane &lane, Stream &stream, const Load &h, Piece
 
 // Fails the pieces of h whose bytes went through the device copies with e,
 // once what was queued has finished (the lane goes back idle).
-void CompatEngine::fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e) {
+void CompatEngine::fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e,
+                               bool queuing) {
     try {
         stream.wait();
     } catch (...) { // the first error is the one to report
     }
+    // A failure while queuing may have come before some host pieces were
+    // copied on the spot: they fail too, rather than move stale bytes.
     for (size_t i = h.first; i < h.last; ++i)
-        if (!pieces[i].error && pieces[i].kind != MemKind::host)
+        if (!pieces[i].error && (queuing || pieces[i].kind != MemKind::host))
             pieces[i].error = e;
 }
 
@@ -461,7 +472,7 @@ void CompatEngine::wait_copies(Stream &stream, const Load &h, Piece *pieces) {
     try {
         stream.wait();
     } catch (...) {
-        fail_copies(stream, h, pieces, std::current_exception());
+        fail_copies(stream, h, pieces, std::current_exception(), false);
     }
 }
 
@@ -486,7 +497,7 @@ void CompatEngine::read_loads(Lane &lane, Stream &stream, const std::vector<Load
             if (queue_copies(lane, stream, h, pieces, true))
                 copying = h;
         } catch (...) {
-            fail_copies(stream, h, pieces, std::current_exception());
+            fail_copies(stream, h, pieces, std::current_exception(), true);
         }
     }
     if (copying)
@@ -514,7 +525,7 @@ void CompatEngine::write_loads(Lane &lane, Stream &stream, const std::vector<Loa
         try {
             queued = queue_copies(lane, stream, h, pieces, false);
         } catch (...) {
-            fail_copies(stream, h, pieces, std::current_exception());
+            fail_copies(stream, h, pieces, std::current_exception(), true);
         }
         if (ready)
             write(*ready);
@@ -531,46 +542,58 @@ void CompatEngine::write_loads(Lane &lane, Stream &stream, const std::vector<Loa
 // larger one is cut into kLoadsPerLane loads per thread or more, and
 // each lane takes loads on its own, its file I/O on its own thread: no
 // participant waits for another between loads, as for a large request.
-void CompatEngine::many(Piece *pieces, size_t n, bool write) {
-    const Config cfg = config();
+void CompatEngine::many(const Config &cfg, Piece *pieces, size_t n, bool write) {
     thread_local std::vector<Load> kept; // a warm group allocates nothing
     std::vector<Load> &loads = kept;     // (the participants' threads see this one)
-    plan_loads(pieces, n, cfg.chunk_bytes, SIZE_MAX, loads);
-    if (loads.empty())
-        return;
-    std::atomic<size_t> next{0};
-    if (loads.size() <= 2) {
-        LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
-        const unsigned width = fill_width(cfg, n);
-        write ? write_loads(*lease, *lease->stream, loads, next, width, pieces)
-              : read_loads(*lease, *lease->stream, loads, next, width, pieces);
-        return;
+    try {
+        plan_loads(pieces, n, cfg.chunk_bytes, SIZE_MAX, loads);
+        if (loads.empty())
+            return;
+        std::atomic<size_t> next{0};
+        if (loads.size() <= 2) {
+            LaneLease lease(lanes_, lanes_.acquire(cfg.chunk_bytes, cfg.staging_bytes));
+            const unsigned width = fill_width(cfg, n);
+            write ? write_loads(*lease, *lease->stream, loads, next, width, pieces)
+                  : read_loads(*lease, *lease->stream, loads, next, width, pieces);
+            return;
+        }
+        // Each lane gets several loads: a lane overlaps a load's file I/O
+        // with the previous one's copies, so with one load per lane every
+        // lane reads at once and then every lane copies at once (64 KiB
+        // reads in batches of 1024 ran at 0.38 of the copy limit on an H100
+        // that way).
+        const size_t loads_wanted = size_t{kLoadsPerLane} * cfg.threads;
+        plan_loads(pieces, n, cfg.chunk_bytes, (n + loads_wanted - 1) / loads_wanted, loads);
+        // Buffered writes to one file contend on its inode lock (see
+        // kBufferedWriteWidth); pieces of several files gain from more
+        // writers.
+        const bool one_buffered_file = write && !pieces[0].file->info().direct &&
+                                       std::all_of(pieces, pieces + n, [&](const Piece &p) {
+                                           return p.file == pieces[0].file;
+                                       });
+        const unsigned max_width = one_buffered_file ? kBufferedWriteWidth : kMaxThreads;
+        run(cfg, max_width, loads.size(), cfg.chunk_bytes, MemKind::cuda,
+            [&](Lane &lane, Stream &stream) {
+                write ? write_loads(lane, stream, loads, next, 1, pieces)
+                      : read_loads(lane, stream, loads, next, 1, pieces);
+            });
+    } catch (...) {
+        // No lane could be had (pinned memory ran out), or planning ran out
+        // of memory: the pieces no lane took fail with it; those a lane
+        // took have their outcome (run() returns once every lane is done).
+        const std::exception_ptr e = std::current_exception();
+        for (size_t i = 0; i < n; ++i)
+            if (!pieces[i].error && !pieces[i].place)
+                pieces[i].error = e;
     }
-    // Each lane gets several loads: a lane overlaps a load's file I/O with
-    // the previous one's copies, so with one load per lane every lane reads
-    // at once and then every lane copies at once (64 KiB reads in batches
-    // of 1024 ran at 0.38 of the copy limit on an H100 that way).
-    const size_t loads_wanted = size_t{kLoadsPerLane} * cfg.threads;
-    plan_loads(pieces, n, cfg.chunk_bytes, (n + loads_wanted - 1) / loads_wanted, loads);
-    // Buffered writes to one file contend on its inode lock (see
-    // kBufferedWriteWidth); pieces of several files gain from more writers.
-    const bool one_buffered_file =
-        write && !pieces[0].file->info().direct &&
-        std::all_of(pieces, pieces + n, [&](const Piece &p) { return p.file == pieces[0].file; });
-    const unsigned max_width = one_buffered_file ? kBufferedWriteWidth : kMaxThreads;
-    run(cfg, max_width, loads.size(), cfg.chunk_bytes, MemKind::cuda,
-        [&](Lane &lane, Stream &stream) {
-            write ? write_loads(lane, stream, loads, next, 1, pieces)
-                  : read_loads(lane, stream, loads, next, 1, pieces);
-        });
 }
 
-void CompatEngine::read_many(Piece *pieces, size_t n) {
-    many(pieces, n, false);
+void CompatEngine::read_many(const Config &cfg, Piece *pieces, size_t n) {
+    many(cfg, pieces, n, false);
 }
 
-void CompatEngine::write_many(Piece *pieces, size_t n) {
-    many(pieces, n, true);
+void CompatEngine::write_many(const Config &cfg, Piece *pieces, size_t n) {
+    many(cfg, pieces, n, true);
 }
 
 } // namespace phxfs::core

@@ -46,9 +46,11 @@ class CompatEngine {
     // one group and waited for once. A small group takes one lane and reads
     // each load on several threads; a large one takes a lane per thread.
     // Each piece succeeds or fails alone (a failed group copy fails the
-    // pieces in it). Pieces must fit a staging buffer (piece_bytes()).
-    void read_many(Piece *pieces, size_t n);
-    void write_many(Piece *pieces, size_t n);
+    // pieces in it). Pieces must fit a staging buffer of cfg (the snapshot
+    // they were cut with: piece_bytes()); one that does not fails alone.
+    // Pieces come with place null. Never throws: what fails, fails pieces.
+    void read_many(const Config &cfg, Piece *pieces, size_t n);
+    void write_many(const Config &cfg, Piece *pieces, size_t n);
     // The most one piece may take: a staging buffer less the 4 KiB a piece
     // may need for alignment. A larger request fits in pieces cut at
     // multiples of cfg.chunk_bytes in file space (each within one chunk).
@@ -67,12 +69,13 @@ class CompatEngine {
     template <typename Io> void fill(unsigned width, const Load &h, Piece *pieces, Io &&io);
     bool queue_copies(Lane &lane, Stream &stream, const Load &h, Piece *pieces, bool to_device);
     void wait_copies(Stream &stream, const Load &h, Piece *pieces);
-    void fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e);
+    void fail_copies(Stream &stream, const Load &h, Piece *pieces, std::exception_ptr e,
+                     bool queuing);
     void read_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
                     std::atomic<size_t> &next, unsigned width, Piece *pieces);
     void write_loads(Lane &lane, Stream &stream, const std::vector<Load> &loads,
                      std::atomic<size_t> &next, unsigned width, Piece *pieces);
-    void many(Piece *pieces, size_t n, bool write);
+    void many(const Config &cfg, Piece *pieces, size_t n, bool write);
 
     template <typename ChunkLoop>
     void run(const Config &cfg, unsigned max_width, size_t nchunks, size_t chunk_bytes,

@@ -202,4 +202,27 @@ TEST_F(AsyncFaults, PiecesOfAGroupFailTheirRequestAlone) {
     ::close(wfd);
 }
 
+// No staging memory at all (pinned memory exhausted): every request of the
+// group fails with ENOMEM, none is lost, and nothing keeps the handle.
+TEST_F(AsyncFaults, NoStagingFailsTheGroupAndLosesNothing) {
+    fault::arm(Site::staging_alloc, {.err = ENOMEM}, 0, 0); // every allocation
+    auto buf = host_buffer(400 << 10);
+    phxfs_io ios[] = {{fh_, PHXFS_OP_READ, 0, buf.get(), 0, 300 << 10, 0, nullptr},
+                      {fh_, PHXFS_OP_READ, 0, buf.get(), 300 << 10, 4096, 8192, nullptr}};
+    phxfs::Batch b(4);
+    b.submit(ios, 2);
+    phxfs_completion cs[2];
+    ASSERT_EQ(b.reap(cs, 2, 2, 10s), 2u);
+    for (const phxfs_completion &c : cs) {
+        EXPECT_EQ(c.status, PHXFS_IO_FAILED);
+        EXPECT_EQ(c.result, -ENOMEM) << c.error;
+    }
+    EXPECT_EQ(b.reap(cs, 0, 2, 0s), 0u) << "nothing more";
+    fault::disarm();
+    const auto t0 = Clock::now();
+    ASSERT_EQ(phxfs_file_close(fh_), 0);
+    fh_ = nullptr;
+    EXPECT_LT(Clock::now() - t0, 1s) << "a request still held the handle";
+}
+
 } // namespace

@@ -102,7 +102,6 @@ class TempDir {
     std::string path_;
 };
 
-// Writes a pattern file of n bytes with plain pwrite.
 // Writes v and a newline to p, making its directories: one attribute of a
 // fake sysfs tree (test_disk.cpp, test_numa.cpp).
 inline void put(const std::filesystem::path &p, const std::string &v) {
@@ -110,6 +109,7 @@ inline void put(const std::filesystem::path &p, const std::string &v) {
     std::ofstream(p) << v << "\n";
 }
 
+// Writes a pattern file of n bytes with plain pwrite.
 inline void make_pattern_file(const std::string &path, uint64_t n, uint64_t seed = 1) {
     int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
     ASSERT_GE(fd, 0);
