@@ -112,6 +112,12 @@ std::unique_ptr<Lane> LanePool::try_acquire(size_t bytes, size_t budget,
             return lane;
         if (must_make || !closed || *closed)
             break;
+        if (!drop.empty()) { // idle lanes of another size: freed before waiting
+            lock.unlock();
+            drop.clear();
+            lock.lock();
+            continue;
+        }
         cv_.wait(lock); // a lane comes back, or close()
     }
     lock.unlock();
