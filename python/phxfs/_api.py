@@ -197,9 +197,16 @@ def release_devices() -> None:
         dev.close()
 
 
+def _forget_kept_in_child() -> None:
+    # A child of fork() starts with every device closed (libphxfs): what the
+    # parent kept is not the child's to close.
+    for dev in _kept.values():
+        dev._open = False
+    _kept.clear()
+
+
 atexit.register(release_devices)
-# A child of fork() has devices of its own: what the parent kept is not its.
-os.register_at_fork(after_in_child=_kept.clear)
+os.register_at_fork(after_in_child=_forget_kept_in_child)
 
 
 def device_count() -> int:

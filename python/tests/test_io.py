@@ -164,6 +164,29 @@ def test_files_keep_their_device_warm(data_file: Path) -> None:
         assert f.read_into(bytearray(16), file_offset=251) == 16
 
 
+def test_files_in_a_forked_child(data_file: Path) -> None:
+    """A child of fork() opens the device for itself (the parent's kept one
+    is not its), reads, and exits cleanly; the parent's stays warm."""
+    with phxfs.File(data_file) as f:
+        assert f.read_into(bytearray(4096)) == 4096
+    held = phxfs.stats(0).staging_bytes
+    pid = os.fork()
+    if pid == 0:  # the child: any failure is its exit status
+        code = 1
+        try:
+            with phxfs.File(data_file) as f:
+                buf = bytearray(16)
+                ok = f.read_into(buf, file_offset=251) == 16
+                ok = ok and bytes(buf) == EXPECTED[251:267].tobytes()
+            phxfs.release_devices()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert phxfs.stats(0).staging_bytes == held
+
+
 def test_borrowed_fd_stays_open(data_file: Path) -> None:
     fd = os.open(data_file, os.O_RDONLY)
     try:
