@@ -94,6 +94,13 @@ TEST_F(Fork, ChildStartsWithEveryDeviceClosed) {
 // device table) at the moment of each fork: no child may hang on a lock one
 // of them held.
 TEST_F(Fork, BusyParentThreadsDoNotHangTheChild) {
+#if defined(__SANITIZE_ADDRESS__)
+    // GCC 12's AddressSanitizer does not lock its allocator around fork(): a
+    // child forked while a parent thread allocates can wait forever on the
+    // allocator's own lock (seen here, in its SizeClassAllocator64). glibc's
+    // malloc is fork-safe; this test runs in the plain and TSan builds.
+    GTEST_SKIP() << "AddressSanitizer's allocator is not fork-safe with threads allocating";
+#endif
     std::atomic<bool> stop{false};
     std::vector<std::thread> busy;
     for (int t = 0; t < 2; ++t) {
