@@ -28,8 +28,9 @@ class CompatEngine {
     // Writes n bytes from buf at file offset off, or throws.
     void write(File &file, const void *buf, MemKind kind, size_t n, uint64_t off);
 
-    // One request of a group (read_many, write_many): whole, through
-    // staging; got and error are its outcome.
+    // One piece of a group (read_many, write_many): a request, or a part
+    // of one (core/request.cpp cuts large ones), all through staging; got
+    // and error are its outcome.
     struct Piece {
         File *file;
         char *buf; // memory of `kind`
