@@ -382,6 +382,10 @@ void add_pieces(const Config &cfg, GroupRequest &g, uint64_t end,
 
 } // namespace
 
+// Pieces a thread keeps room for between groups (a warm group allocates
+// nothing): a group of 4096 requests of up to a chunk each, and then some.
+constexpr size_t kKeptPieces = 1 << 16;
+
 void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size_t n) {
     const Config cfg = config();
     const uint64_t t_start = now_ns();
@@ -460,6 +464,10 @@ void run_group(Session &s, Stats &stats, int device_id, GroupRequest *reqs, size
         }
         ps.clear();
         owners[w].clear();
+        if (ps.capacity() > kKeptPieces) { // a rare huge group: its memory goes back
+            std::vector<CompatEngine::Piece>().swap(ps);
+            std::vector<GroupRequest *>().swap(owners[w]);
+        }
     }
     ring_pieces.clear();
     ring_owners.clear();
