@@ -365,19 +365,20 @@ void run_on_ring(Session &s, Stats &stats, const Config &cfg, int device_id,
 namespace {
 
 // Cuts a request's compat part [off, end) into pieces that each fit a
-// staging buffer: whole when small, else at multiples of the chunk size in
-// file space; they go behind `pieces`, each owned by g.
+// staging buffer: whole when small, else its ChunkPlan's chunks; they go
+// behind `pieces`, each owned by g.
 void add_pieces(const Config &cfg, GroupRequest &g, uint64_t end,
                 std::vector<CompatEngine::Piece> &pieces, std::vector<GroupRequest *> &owners) {
-    const uint64_t chunk = cfg.chunk_bytes;
-    const bool whole = end - g.off <= CompatEngine::piece_bytes(cfg);
-    for (uint64_t a = g.off; a < end;) {
-        const uint64_t b = whole ? end : std::min(end, align_down(a, chunk) + chunk);
+    auto add = [&](uint64_t a, uint64_t b) {
         pieces.push_back(
             {g.file, g.where.buf + (a - g.off), g.where.kind, b - a, a, 0, {}, nullptr});
         owners.push_back(&g);
-        a = b;
-    }
+    };
+    if (end - g.off <= CompatEngine::piece_bytes(cfg))
+        return add(g.off, end);
+    const ChunkPlan plan(g.off, end, cfg.chunk_bytes);
+    for (size_t i = 0; i < plan.nchunks; ++i)
+        add(plan.begin_of(i), plan.end_of(i));
 }
 
 } // namespace

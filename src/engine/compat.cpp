@@ -17,23 +17,6 @@ namespace phxfs::core {
 
 namespace {
 
-// A request cut into chunks whose boundaries are multiples of the chunk size
-// in file space, so every chunk but the first and last is O_DIRECT aligned
-// and each chunk, widened to 4 KiB, still fits one staging buffer.
-struct Plan {
-    uint64_t off, end, chunk;
-    size_t nchunks;
-
-    Plan(uint64_t off_, uint64_t end_, uint64_t chunk_) : off(off_), end(end_), chunk(chunk_) {
-        const uint64_t first = align_down(off, chunk);
-        nchunks = static_cast<size_t>((end - first + chunk - 1) / chunk);
-    }
-    uint64_t begin_of(size_t i) const { return i == 0 ? off : align_down(off, chunk) + i * chunk; }
-    uint64_t end_of(size_t i) const {
-        return std::min(end, align_down(off, chunk) + (i + 1) * chunk);
-    }
-};
-
 // Buffered writes to one file serialize on its inode lock in the kernel, so
 // more writers only contend: on the H100 VM (ext4, 4 GiB in one call) two
 // participants wrote 5.3-5.6 GiB/s, four 4.9-5.1, sixteen 4.0-4.4, and one
@@ -217,7 +200,7 @@ size_t CompatEngine::read(File &file, void *buf, MemKind kind, size_t n, uint64_
     // participants' reads are in flight. From the page cache, chunks are
     // double-buffered so that reads overlap copies.
     const bool from_storage = file.info().direct_in_4k();
-    const Plan plan(off, end, from_storage ? 2 * cfg.chunk_bytes : cfg.chunk_bytes);
+    const ChunkPlan plan(off, end, from_storage ? 2 * cfg.chunk_bytes : cfg.chunk_bytes);
     Job job;
     char *dst = static_cast<char *>(buf);
 
@@ -274,7 +257,7 @@ void CompatEngine::write(File &file, const void *buf, MemKind kind, size_t n, ui
         return;
     const FileInfo &fi = file.info();
     const Config cfg = config();
-    const Plan plan(off, off + n, cfg.chunk_bytes);
+    const ChunkPlan plan(off, off + n, cfg.chunk_bytes);
     Job job;
     const char *src = static_cast<const char *>(buf);
 

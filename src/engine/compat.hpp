@@ -9,12 +9,30 @@
 #include "engine/workers.hpp"
 #include "memory/memory.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <vector>
 
 namespace phxfs::core {
+
+// A request cut into chunks whose boundaries are multiples of the chunk size
+// in file space, so every chunk but the first and last is O_DIRECT aligned
+// and each chunk, widened to 4 KiB, still fits one staging buffer.
+struct ChunkPlan {
+    uint64_t off, end, chunk;
+    size_t nchunks;
+
+    ChunkPlan(uint64_t off_, uint64_t end_, uint64_t chunk_) : off(off_), end(end_), chunk(chunk_) {
+        const uint64_t first = align_down(off, chunk);
+        nchunks = static_cast<size_t>((end - first + chunk - 1) / chunk);
+    }
+    uint64_t begin_of(size_t i) const { return i == 0 ? off : align_down(off, chunk) + i * chunk; }
+    uint64_t end_of(size_t i) const {
+        return std::min(end, align_down(off, chunk) + (i + 1) * chunk);
+    }
+};
 
 class CompatEngine {
   public:
@@ -53,8 +71,8 @@ class CompatEngine {
     void read_many(const Config &cfg, Piece *pieces, size_t n);
     void write_many(const Config &cfg, Piece *pieces, size_t n);
     // The most one piece may take: a staging buffer less the 4 KiB a piece
-    // may need for alignment. A larger request fits in pieces cut at
-    // multiples of cfg.chunk_bytes in file space (each within one chunk).
+    // may need for alignment. A larger request fits in the pieces of its
+    // ChunkPlan at cfg.chunk_bytes.
     static size_t piece_bytes(const Config &cfg) { return cfg.chunk_bytes - kAlign; }
 
     // Frees idle staging memory; staging_bytes is the budget from now on.
