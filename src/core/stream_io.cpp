@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <limits>
+#include <list>
 #include <new>
 #include <string>
 
@@ -69,6 +70,7 @@ int plain_fd(File &f, bool write) {
 struct StreamIo::Pending {
     enum class Phase { reached, copied, released };
     StreamRequest req;
+    void *stream = nullptr; // the caller's, as a key: requests of one go in its order
     uint32_t rec = 0;
     size_t most = 0;      // *size_p at enqueue
     size_t round_cap = 0; // bytes a round moves at most
@@ -196,6 +198,7 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     }
     auto p = std::make_unique<Pending>();
     p->req = req;
+    p->stream = stream;
     p->device_id = device_id;
     p->most = most;
     p->round_cap = std::clamp<size_t>(most, 1, opt_.round_bytes);
@@ -255,7 +258,10 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
         throw;
     }
 
-    Service &sv = *services_[p->rec % services_.size()];
+    // A stream's requests go to one service thread, which steps them in
+    // order and is still spinning from one when the stream reaches the next.
+    const auto key = reinterpret_cast<uintptr_t>(stream) * 0x9E3779B97F4A7C15ull;
+    Service &sv = *services_[(key >> 32) % services_.size()];
     {
         std::lock_guard lock(sv.m);
         sv.incoming.push_back(std::move(p));
@@ -264,18 +270,60 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     sv.cv.notify_one();
 }
 
+// Steps the requests of q (one stream key's, oldest first) as far as they
+// go: only the first (heads_only), or all; finished ones leave q. Returns
+// whether any made progress.
+bool StreamIo::step_queue(std::deque<std::unique_ptr<Pending>> &q, bool heads_only) {
+    bool progress = false;
+    auto run = [&](Pending &p) {
+        bool finished = false;
+        while (!finished && step(p, finished))
+            progress = true;
+        return finished;
+    };
+    if (heads_only) {
+        while (!q.empty() && run(*q.front()))
+            q.pop_front();
+    } else {
+        std::erase_if(q, [&](std::unique_ptr<Pending> &p) { return run(*p); });
+    }
+    return progress;
+}
+
+// A stream's requests are queued in the order they were enqueued on it, and
+// only the oldest can be where the stream is (the next one's first op comes
+// after this one's last), so a pass steps each stream's first request: its
+// cost does not grow with the requests queued behind. The key is the
+// stream's handle, which may name several streams (each thread's per-thread
+// default stream, the legacy stream of each context), so before a nap a
+// full pass steps every request: one that waits behind another stream's
+// request under the same key still moves, a nap later at most.
 void StreamIo::serve(Service &sv) {
-    std::vector<std::unique_ptr<Pending>> active;
+    std::list<std::pair<void *, std::deque<std::unique_ptr<Pending>>>> streams;
     auto last_progress = std::chrono::steady_clock::now();
     auto nap = std::chrono::duration_cast<std::chrono::nanoseconds>(kFirstNap);
     auto take = [&] {
-        for (auto &p : sv.incoming)
-            active.push_back(std::move(p));
+        for (auto &p : sv.incoming) {
+            auto it = std::find_if(streams.begin(), streams.end(),
+                                   [&](const auto &e) { return e.first == p->stream; });
+            if (it == streams.end()) {
+                streams.emplace_back(p->stream, std::deque<std::unique_ptr<Pending>>{});
+                it = std::prev(streams.end());
+            }
+            it->second.push_back(std::move(p));
+        }
         sv.incoming.clear();
         sv.has_incoming.store(false, std::memory_order_relaxed);
     };
+    auto pass = [&](bool heads_only) {
+        bool progress = false;
+        for (auto &e : streams)
+            progress |= step_queue(e.second, heads_only);
+        std::erase_if(streams, [](const auto &e) { return e.second.empty(); });
+        return progress;
+    };
     for (;;) {
-        if (active.empty()) {
+        if (streams.empty()) {
             std::unique_lock lock(sv.m);
             sv.cv.wait(lock, [&] { return sv.stopping || !sv.incoming.empty(); });
             if (sv.incoming.empty())
@@ -285,20 +333,16 @@ void StreamIo::serve(Service &sv) {
             std::lock_guard lock(sv.m);
             take();
         }
-        bool progress = false;
-        std::erase_if(active, [&](std::unique_ptr<Pending> &p) {
-            bool finished = false;
-            while (!finished && step(*p, finished))
-                progress = true;
-            return finished;
-        });
-        const auto now = std::chrono::steady_clock::now();
+        auto now = std::chrono::steady_clock::now();
+        bool progress = pass(true);
+        if (!progress && !streams.empty() && now - last_progress >= kSpin)
+            progress = pass(false); // before a nap
         if (progress) {
             last_progress = now;
             nap = kFirstNap;
             continue;
         }
-        if (active.empty() || now - last_progress < kSpin) {
+        if (streams.empty() || now - last_progress < kSpin) {
             cpu_relax();
             continue;
         }

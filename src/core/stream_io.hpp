@@ -174,6 +174,7 @@ class StreamIo {
     struct Pending;
     struct Service;
     void serve(Service &sv);
+    bool step_queue(std::deque<std::unique_ptr<Pending>> &q, bool heads_only);
     // One step of p; true when it made progress, and sets finished when p
     // is gone (its record and staging are freed).
     bool step(Pending &p, bool &finished);

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 
 namespace phxfs::core {
@@ -37,36 +40,94 @@ void run_task(Task &t) {
     t.cv.notify_all();
 }
 
+// Workers of every pool spinning now: Spin::max_spinners bounds it, so that
+// spinners never take the cores the working threads need.
+std::atomic<unsigned> spinners_now{0};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
 } // namespace
+
+WorkerPool::Spin WorkerPool::Spin::from_env() {
+    Spin s;
+    s.us = 50;
+    if (const char *v = std::getenv("PHXFS_WORKER_SPIN_US"); v && *v) {
+        char *end = nullptr;
+        const unsigned long us = std::strtoul(v, &end, 10);
+        if (*end == '\0' && v[0] != '-')
+            s.us = static_cast<unsigned>(std::min(us, 1000000ul));
+    }
+    const unsigned cores = std::thread::hardware_concurrency();
+    s.max_spinners = cores > 3 ? cores / 2 - 1 : 0;
+    return s;
+}
 
 // A pool's queue and workers. Workers hold it by shared_ptr, so a pool may
 // go (a device's, in tests) while they finish; they leave once it is gone
 // and the queue is empty.
 struct WorkerPool::State {
+    explicit State(Spin s) : spin(s) {}
+
+    const Spin spin;
     std::mutex m;
     std::condition_variable cv;
     std::deque<std::shared_ptr<Task>> queue;
-    unsigned threads = 0; // detached
+    std::atomic<unsigned> queued{0};   // queue.size(), for spinners to watch without m
+    std::atomic<unsigned> spinning{0}; // this pool's workers spinning now
+    unsigned sleeping = 0;             // this pool's workers waiting on cv (under m)
+    unsigned threads = 0;              // detached
     bool stopping = false;
+
+    // After a body (or at start): watch the queue for spin.us, if fewer
+    // than max_spinners workers of the process spin already.
+    void spin_for_work() {
+        if (spin.us == 0 || queued.load(std::memory_order_relaxed))
+            return;
+        if (spinners_now.fetch_add(1) >= spin.max_spinners) {
+            spinners_now.fetch_sub(1);
+            return;
+        }
+        spinning.fetch_add(1);
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin.us);
+        for (unsigned i = 1; queued.load(std::memory_order_acquire) == 0; ++i) {
+            cpu_relax();
+            if (i % 64 == 0 && std::chrono::steady_clock::now() >= until)
+                break;
+        }
+        // Before this thread takes m: run() then either counted it and
+        // finds the body taken by it under m, or wakes a sleeper.
+        spinning.fetch_sub(1);
+        spinners_now.fetch_sub(1);
+    }
 
     static void loop(const std::shared_ptr<State> &self) {
         State &s = *self;
         for (;;) {
+            s.spin_for_work();
             std::shared_ptr<Task> task;
             {
                 std::unique_lock lock(s.m);
+                ++s.sleeping;
                 s.cv.wait(lock, [&] { return s.stopping || !s.queue.empty(); });
+                --s.sleeping;
                 if (s.queue.empty())
                     return; // stopping
                 task = std::move(s.queue.front());
                 s.queue.pop_front();
+                s.queued.fetch_sub(1, std::memory_order_relaxed);
             }
             run_task(*task);
         }
     }
 };
 
-WorkerPool::WorkerPool() : state_(std::make_shared<State>()) {}
+WorkerPool::WorkerPool(Spin spin) : state_(std::make_shared<State>(spin)) {}
 
 WorkerPool::~WorkerPool() {
     {
@@ -81,6 +142,11 @@ unsigned WorkerPool::threads() const {
     return state_->threads;
 }
 
+unsigned WorkerPool::queued() const {
+    std::lock_guard lock(state_->m);
+    return static_cast<unsigned>(state_->queue.size());
+}
+
 void WorkerPool::run(unsigned width, const std::function<void()> &body) {
     if (width <= 1) {
         body();
@@ -89,15 +155,23 @@ void WorkerPool::run(unsigned width, const std::function<void()> &body) {
     auto task = std::make_shared<Task>();
     task->body = body;
     const unsigned copies = width - 1;
+    State &s = *state_;
+    bool wake = false;
     {
-        std::lock_guard lock(state_->m);
+        std::lock_guard lock(s.m);
         // Enough workers for the widest request seen; they idle on the queue.
-        for (; state_->threads < std::min(copies, 256u); ++state_->threads)
-            std::thread([s = state_] { State::loop(s); }).detach();
+        for (; s.threads < std::min(copies, 256u); ++s.threads)
+            std::thread([st = state_] { State::loop(st); }).detach();
         for (unsigned i = 0; i < copies; ++i)
-            state_->queue.push_back(task);
+            s.queue.push_back(task);
+        s.queued.fetch_add(copies, std::memory_order_release);
+        // Spinners take bodies without a wake-up (one that stops spinning
+        // now finds the queue under m before it sleeps); sleepers are woken
+        // when the queue, older bodies included, needs more than them.
+        wake = s.sleeping && s.queue.size() > s.spinning.load();
     }
-    state_->cv.notify_all();
+    if (wake)
+        s.cv.notify_all();
     // However the caller's share ends (an exception included), no pool
     // worker may run the body afterwards: it refers to the caller's frame.
     struct Join {
@@ -132,6 +206,7 @@ void run_parallel(unsigned width, const std::function<void()> &body) {
 }
 
 void workers_after_fork_child() {
+    spinners_now = 0; // the parent's spinners are not in this process
     if (the_pool.load())
         the_pool = new WorkerPool; // the old one is left as it is: its threads are gone
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -97,6 +98,35 @@ TEST(Workers, APoolMayGoWithItsWorkers) {
         std::atomic<int> runs{0};
         pool.run(4, [&] { ++runs; });
         EXPECT_GE(runs.load(), 1);
+    }
+}
+
+// Workers that spin between bodies take new ones without a wake-up; a run
+// must still get every participant it asks for when its spinners stop
+// spinning at the moment it counts them (the pauses between runs below
+// straddle the spin time), or the body that waits for all of them would
+// time out.
+TEST(Workers, SpinningWorkersJoinEveryRun) {
+    using Spin = phxfs::core::WorkerPool::Spin;
+    for (const Spin spin : {Spin{20, 64}, Spin{2000, 2}}) {
+        phxfs::core::WorkerPool pool(spin);
+        std::minstd_rand rng(7);
+        for (int round = 0; round < 300; ++round) {
+            std::atomic<int> arrived{0};
+            std::atomic<bool> all{true};
+            pool.run(4, [&] {
+                ++arrived;
+                const auto t = std::chrono::steady_clock::now() + 5s;
+                while (arrived.load() < 4 && std::chrono::steady_clock::now() < t)
+                    std::this_thread::yield();
+                if (arrived.load() < 4)
+                    all = false; // only the caller's run can still be here alone
+            });
+            ASSERT_TRUE(all.load()) << "round " << round << ": " << arrived.load()
+                                    << " of 4 participants came (spin " << spin.us << " us)";
+            std::this_thread::sleep_for(std::chrono::microseconds(rng() % 40));
+        }
+        EXPECT_EQ(pool.queued(), 0u) << "a body was left in the queue";
     }
 }
 
