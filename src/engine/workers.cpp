@@ -21,8 +21,8 @@ struct Task {
     std::function<void()> body;
     std::mutex m;
     std::condition_variable cv;
-    unsigned running = 0;
-    bool closed = false; // the caller returned: late runs are skipped
+    std::atomic<unsigned> running{0}; // changed under m; read without it by a spinning caller
+    bool closed = false;              // the caller returned: late runs are skipped
 };
 
 void run_task(Task &t) {
@@ -174,14 +174,30 @@ void WorkerPool::run(unsigned width, const std::function<void()> &body) {
         s.cv.notify_all();
     // However the caller's share ends (an exception included), no pool
     // worker may run the body afterwards: it refers to the caller's frame.
+    // Workers still in it finish within microseconds as a rule (the body
+    // returns once its work is taken): the caller spins for them as idle
+    // workers do, rather than sleep and pay for a wake-up.
     struct Join {
         Task &t;
+        const Spin &spin;
         ~Join() {
+            {
+                std::lock_guard lock(t.m);
+                t.closed = true;
+            }
+            if (spin.us && spin.max_spinners) {
+                const auto until =
+                    std::chrono::steady_clock::now() + std::chrono::microseconds(spin.us);
+                for (unsigned i = 1; t.running.load(std::memory_order_acquire) != 0; ++i) {
+                    cpu_relax();
+                    if (i % 64 == 0 && std::chrono::steady_clock::now() >= until)
+                        break;
+                }
+            }
             std::unique_lock lock(t.m);
-            t.closed = true;
             t.cv.wait(lock, [this] { return t.running == 0; });
         }
-    } join{*task};
+    } join{*task, s.spin};
     body();
 }
 
