@@ -12,8 +12,9 @@
 #                added as "before"
 #   PHXFS_COMMIT the commit to print where the tree has no .git
 #   SECTIONS     which parts to run (default all but kvcache): costs baseline
-#                reads writes rand4k batch cold kvcache (batch:
-#                bench/batch.sh, kvcache: bench/kvcache.sh, issue 12)
+#                reads writes rand4k batch cold kvcache stream (batch:
+#                bench/batch.sh, kvcache: bench/kvcache.sh, stream:
+#                bench/stream.sh, issue 12)
 #
 # cuFile: libcufile.so.0 is found through the loader, the CUDA toolkit or the
 # nvidia-cufile Python wheel. cuFile runs in its compat mode here; this script
@@ -120,6 +121,7 @@ run() {
 
 want batch && echo "== batch (bench/batch.sh)" && bash "$(dirname "$0")/batch.sh" "$B" "$D/phx-batch.dat" | tee "$W/batch.md"
 want kvcache && echo "== kvcache (bench/kvcache.sh)" && bash "$(dirname "$0")/kvcache.sh" "$B" "$D/phx-kv.dat" | tee "$W/kvcache.md"
+want stream && echo "== stream (bench/stream.sh)" && bash "$(dirname "$0")/stream.sh" "$B" "$D/phx-stream.dat" | tee "$W/stream.md"
 want costs && echo "== costs (bench/costs)" && "$COSTS" "$D/phx-costs.dat" "${COST_REPS:-2000}" | tee "$W/costs.txt"
 
 echo "== data files"

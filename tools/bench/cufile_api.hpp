@@ -6,8 +6,8 @@
 // that reference describes for 64-bit Linux, so the tools build without
 // cufile.h and run without libcufile (they then say that cuFile is missing).
 // Only what the benchmarks use: driver open/close, file handle and buffer
-// registration, synchronous read/write, and the batch API; and a file
-// handle that opens the driver once.
+// registration, synchronous read/write, the batch API and the stream API;
+// and a file handle that opens the driver once.
 #pragma once
 
 #include <dlfcn.h>
@@ -20,6 +20,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace phxcufile {
@@ -70,6 +71,15 @@ struct CUfileIOEvents_t {
 };
 using CUfileBatchHandle_t = void *;
 
+// The stream API (cuFileStreamRegister, cuFileReadAsync, ...), for
+// phxfs-bench -x cufile --stream N. CUstream: the CUDA driver's stream handle.
+using CUstream = void *;
+// cuFileStreamRegister's flags say which parameters of a stream's requests
+// are fixed when they are enqueued (the buffer offset, the file offset, the
+// size) and whether all are 4 KiB aligned. 0: none is; cuFile reads *size_p
+// and the offsets when the stream gets to the request.
+inline constexpr unsigned CU_FILE_STREAM_FLAGS_NONE = 0;
+
 struct Api {
     CUfileError_t (*cuFileDriverOpen)() = nullptr;
     CUfileError_t (*cuFileDriverClose)() = nullptr;
@@ -87,6 +97,16 @@ struct Api {
     CUfileError_t (*cuFileBatchIOGetStatus)(CUfileBatchHandle_t, unsigned, unsigned *,
                                             CUfileIOEvents_t *, struct timespec *) = nullptr;
     void (*cuFileBatchIODestroy)(CUfileBatchHandle_t) = nullptr;
+    // Null where the library has no stream API (GDS before 1.7, CUDA 12.2).
+    // (handle, buffer base, &size, &file offset, &buffer offset, &bytes done,
+    // stream): the values pointed to are read, and *bytes done written (bytes,
+    // or a negative error), when the stream gets to the request.
+    CUfileError_t (*cuFileReadAsync)(CUfileHandle_t, void *, size_t *, off_t *, off_t *, ssize_t *,
+                                     CUstream) = nullptr;
+    CUfileError_t (*cuFileWriteAsync)(CUfileHandle_t, void *, size_t *, off_t *, off_t *, ssize_t *,
+                                      CUstream) = nullptr;
+    CUfileError_t (*cuFileStreamRegister)(CUstream, unsigned) = nullptr;
+    CUfileError_t (*cuFileStreamDeregister)(CUstream) = nullptr;
     std::string library; // the file name that was loaded
 };
 
@@ -138,14 +158,18 @@ inline Loaded &loaded() {
                sym(a.cuFileBufRegister, {"cuFileBufRegister"}) &&
                sym(a.cuFileBufDeregister, {"cuFileBufDeregister"}) &&
                sym(a.cuFileRead, {"cuFileRead"}) && sym(a.cuFileWrite, {"cuFileWrite"});
-        a.cuFileBatchIOSetUp =
-            reinterpret_cast<decltype(a.cuFileBatchIOSetUp)>(dlsym(h, "cuFileBatchIOSetUp"));
-        a.cuFileBatchIOSubmit =
-            reinterpret_cast<decltype(a.cuFileBatchIOSubmit)>(dlsym(h, "cuFileBatchIOSubmit"));
-        a.cuFileBatchIOGetStatus = reinterpret_cast<decltype(a.cuFileBatchIOGetStatus)>(
-            dlsym(h, "cuFileBatchIOGetStatus"));
-        a.cuFileBatchIODestroy =
-            reinterpret_cast<decltype(a.cuFileBatchIODestroy)>(dlsym(h, "cuFileBatchIODestroy"));
+        // Optional: left null where missing.
+        auto opt = [&](auto &f, const char *name) {
+            f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(dlsym(h, name));
+        };
+        opt(a.cuFileBatchIOSetUp, "cuFileBatchIOSetUp");
+        opt(a.cuFileBatchIOSubmit, "cuFileBatchIOSubmit");
+        opt(a.cuFileBatchIOGetStatus, "cuFileBatchIOGetStatus");
+        opt(a.cuFileBatchIODestroy, "cuFileBatchIODestroy");
+        opt(a.cuFileReadAsync, "cuFileReadAsync");
+        opt(a.cuFileWriteAsync, "cuFileWriteAsync");
+        opt(a.cuFileStreamRegister, "cuFileStreamRegister");
+        opt(a.cuFileStreamDeregister, "cuFileStreamDeregister");
     });
     return l;
 }
@@ -169,6 +193,15 @@ inline std::string error_text(CUfileError_t e) {
              "udev data for the disk (/run/udev/data/b<major>:<minor> with ID_FS_TYPE and "
              "ID_FS_USAGE), and allow_compat_mode in cufile.json";
     return s;
+}
+
+// The first stream API call the library lacks, or nullptr when it has all.
+inline const char *missing_stream_call(const Api &a) {
+    return !a.cuFileStreamRegister     ? "cuFileStreamRegister"
+           : !a.cuFileReadAsync        ? "cuFileReadAsync"
+           : !a.cuFileWriteAsync       ? "cuFileWriteAsync"
+           : !a.cuFileStreamDeregister ? "cuFileStreamDeregister"
+                                       : nullptr;
 }
 
 // -x cufile: a file's registered handle. The driver is opened by the first
@@ -219,5 +252,14 @@ struct BufDeregister {
             cf->cuFileBufDeregister(p);
     }
 };
+
+// cuFileBufRegister of n bytes at p (flags 0); throws std::runtime_error with
+// cuFile's error. Deregister with a BufDeregister.
+inline void buf_register(const Api &cf, const void *p, size_t n) {
+    const auto e = cf.cuFileBufRegister(p, n, 0);
+    if (e.err != CU_FILE_SUCCESS)
+        throw std::runtime_error("cuFileBufRegister of " + std::to_string(n) +
+                                 " bytes: " + error_text(e));
+}
 
 } // namespace phxcufile

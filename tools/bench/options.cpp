@@ -304,8 +304,9 @@ Options parse_options(int argc, char **argv) {
     batch->excludes(qd);
     add_kv_options(app, o.kv);
     app.add_option("--stream", o.stream,
-                   "enqueue N stream-ordered requests (phxfs_file_read_stream) on one CUDA "
-                   "stream, then synchronize once")
+                   "enqueue N stream-ordered requests on one CUDA stream, then synchronize "
+                   "once: phxfs_file_read_stream (-x phxfs), or cuFile's cuFileReadAsync (-x "
+                   "cufile)")
         ->check(CLI::Range(1u, 1u << 24))
         ->excludes(batch)
         ->excludes(qd);
@@ -334,11 +335,12 @@ Options parse_options(int argc, char **argv) {
             throw std::invalid_argument("--batch and --qd run libphxfs's batches and futures "
                                         "(-x phxfs, compat, direct) or cuFile's batch API (-x "
                                         "cufile --batch)");
-        if (o.stream &&
-            (o.path != PathType::phxfs || o.verify || o.threads != 1 || o.mem == MemType::pageable))
-            throw std::invalid_argument("--stream runs libphxfs's stream-ordered requests on one "
-                                        "thread (-x phxfs -t 1) into memory a kernel reaches (-m "
-                                        "device or pinned), without --verify");
+        if (o.stream && ((o.path != PathType::phxfs && o.path != PathType::cufile) || o.verify ||
+                         o.threads != 1 || o.mem == MemType::pageable))
+            throw std::invalid_argument(
+                "--stream runs stream-ordered requests on one thread (-t 1), libphxfs's (-x "
+                "phxfs) or cuFile's stream API (-x cufile), into memory a kernel reaches (-m "
+                "device or pinned), without --verify");
         if (o.qd && o.path == PathType::cufile)
             throw std::invalid_argument("-x cufile has batches (--batch), not futures (--qd)");
         if (o.io == IoType::kvcache)

@@ -24,6 +24,9 @@ std::string path_line(const Options &o, const RunResult &r) {
                          (o.bounce_pinned ? "pinned" : "pageable") +
                          " host buffer and a synchronous copy; libphxfs not used)"
                    : "Path: naive (pread/pwrite straight on the host buffer; libphxfs not used)";
+    if (o.path == PathType::cufile && o.stream)
+        return "Path: cuFile stream API (cuFileReadAsync/cuFileWriteAsync on a registered "
+               "stream; libphxfs not used)";
     if (o.path == PathType::cufile)
         return o.batch || o.io == IoType::kvcache
                    ? "Path: cuFile batch API (cuFileBatchIOSubmit, batches of at most 128; "
