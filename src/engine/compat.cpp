@@ -25,8 +25,10 @@ namespace {
 constexpr unsigned kBufferedWriteWidth = 2;
 
 // Loads per lane that a group of many pieces is cut into at least (see
-// CompatEngine::many).
+// CompatEngine::many), unless that makes loads smaller than kMinLoad: a
+// load costs a copy, a kernel launch and a wait, whatever its size.
 constexpr unsigned kLoadsPerLane = 4;
+constexpr size_t kMinLoad = size_t{1} << 20;
 
 // State shared by the participants of one request.
 class Job {
@@ -331,10 +333,11 @@ unsigned fill_width(const Config &cfg, size_t count) {
 
 } // namespace
 
-// Cuts pieces into loads (consecutive pieces that fit one staging buffer of
-// cap bytes together, at most max_pieces of them). A piece that fits no
-// buffer fails alone: the caller's mistake.
-void CompatEngine::plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pieces,
+// Cuts pieces into loads: consecutive pieces that fit one staging buffer of
+// cap bytes together, a load closed once it holds `target` bytes or more
+// (or the next piece does not fit). A piece that fits no buffer fails
+// alone: the caller's mistake.
+void CompatEngine::plan_loads(Piece *pieces, size_t n, size_t cap, size_t target,
                               std::vector<Load> &loads) {
     loads.clear();
     Packer pk{cap};
@@ -346,8 +349,7 @@ void CompatEngine::plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pi
             p.error = std::make_exception_ptr(Error(EINVAL, "piece larger than a staging buffer"));
             continue;
         }
-        const bool full = !loads.empty() && loads.back().last - loads.back().first >= max_pieces;
-        if (loads.empty() || full || pk.take(p.off, p.n) == Packer::kFull) {
+        if (loads.empty() || pk.used >= target || pk.take(p.off, p.n) == Packer::kFull) {
             pk = Packer{cap};
             pk.take(p.off, p.n);
             loads.push_back({i, i});
@@ -529,7 +531,7 @@ void CompatEngine::many(const Config &cfg, Piece *pieces, size_t n, bool write) 
     thread_local std::vector<Load> kept; // a warm group allocates nothing
     std::vector<Load> &loads = kept;     // (the participants' threads see this one)
     try {
-        plan_loads(pieces, n, cfg.chunk_bytes, SIZE_MAX, loads);
+        plan_loads(pieces, n, cfg.chunk_bytes, cfg.chunk_bytes, loads);
         if (loads.empty())
             return;
         std::atomic<size_t> next{0};
@@ -544,9 +546,12 @@ void CompatEngine::many(const Config &cfg, Piece *pieces, size_t n, bool write) 
         // with the previous one's copies, so with one load per lane every
         // lane reads at once and then every lane copies at once (64 KiB
         // reads in batches of 1024 ran at 0.38 of the copy limit on an H100
-        // that way).
-        const size_t loads_wanted = size_t{kLoadsPerLane} * cfg.threads;
-        plan_loads(pieces, n, cfg.chunk_bytes, (n + loads_wanted - 1) / loads_wanted, loads);
+        // that way). But no load is cut below kMinLoad.
+        size_t bytes = 0;
+        for (size_t i = 0; i < n; ++i)
+            bytes += pieces[i].error ? 0 : pieces[i].n;
+        const size_t per_load = bytes / (size_t{kLoadsPerLane} * cfg.threads);
+        plan_loads(pieces, n, cfg.chunk_bytes, std::max(per_load, kMinLoad), loads);
         // Buffered writes to one file contend on its inode lock (see
         // kBufferedWriteWidth); pieces of several files gain from more
         // writers.

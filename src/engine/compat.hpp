@@ -82,7 +82,7 @@ class CompatEngine {
     struct Load { // pieces [first, last) in one staging buffer
         size_t first = 0, last = 0;
     };
-    static void plan_loads(Piece *pieces, size_t n, size_t cap, size_t max_pieces,
+    static void plan_loads(Piece *pieces, size_t n, size_t cap, size_t target,
                            std::vector<Load> &loads);
     static void place(Lane &lane, int which, const Load &h, Piece *pieces);
     template <typename Io> void fill(unsigned width, const Load &h, Piece *pieces, Io &&io);
