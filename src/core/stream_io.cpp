@@ -29,8 +29,14 @@ namespace {
 constexpr auto kSpin = std::chrono::microseconds(50);
 constexpr auto kFirstNap = std::chrono::microseconds(5);
 constexpr auto kMaxNap = std::chrono::microseconds(100);
-// A request's rounds at most: its enqueue queues 3 to 5 stream ops each.
+// A request's rounds at most: its enqueue queues 3 to 6 stream ops each.
 constexpr uint64_t kMaxRounds = 65536;
+// Rounds up to this size are copied by the kernel straight from the staging
+// across the bus; larger ones go to the device's bounce memory in one copy
+// first. The kernel's loads of host memory are uncached 16-byte reads: an
+// H100 moved 1 MiB rounds that way at 0.6 GB/s, where cuFile's stream API
+// (a pread and a copy) ran at 2.2.
+constexpr size_t kZeroCopyMax = 16 << 10;
 constexpr size_t kPage = 4096;
 
 inline void cpu_relax() {
@@ -71,6 +77,7 @@ struct StreamIo::Pending {
     enum class Phase { reached, copied, released };
     StreamRequest req;
     void *stream = nullptr; // the caller's, as a key: requests of one go in its order
+    uint64_t bounce = 0;    // the device's bounce memory (staging's offsets), or 0
     uint32_t rec = 0;
     size_t most = 0;      // *size_p at enqueue
     size_t round_cap = 0; // bytes a round moves at most
@@ -210,6 +217,8 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     p->stage_len = align_up(p->round_cap + 16, kPage); // +16: the kernel's co-alignment
 
     order_->prepare(stream); // all that touches the GPU, before anything is queued
+    if (p->round_cap > kZeroCopyMax)
+        p->bounce = order_->bounce(stream, align_down(opt_.staging_bytes, kPage));
 
     {
         std::lock_guard lock(m_);
@@ -230,13 +239,19 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
     StreamRecord &r = records_[p->rec];
     unsigned queued = 0;
     try {
+        char *const stage = staging_ + p->stage_off;
+        const uint64_t bounce = p->bounce ? p->bounce + p->stage_off : 0;
         for (uint32_t k = 0; k < p->rounds; ++k) {
             const uint32_t g = p->gen0 + k;
             order_->write(stream, &r.reached, g);
             ++queued;
             order_->wait(stream, &r.ready, g);
+            if (bounce && !req.write)
+                order_->to_device(stream, bounce, stage, p->stage_len);
             order_->copy(stream, &r, g, p->round_cap);
             if (req.write) {
+                if (bounce)
+                    order_->to_host(stream, stage, bounce, p->stage_len);
                 order_->write(stream, &r.copied, g);
                 order_->wait(stream, &r.done, g);
             }
@@ -472,7 +487,7 @@ void StreamIo::fill_read(Pending &p, uint32_t gen) {
         }
     }
     r.dst = dst;
-    r.src = order_->device_address(host);
+    r.src = staging_address(p, host);
     r.bytes = len;
     __atomic_store_n(&r.desc_gen, gen, __ATOMIC_RELEASE);
 }
@@ -484,10 +499,17 @@ void StreamIo::fill_write(Pending &p, uint32_t gen) {
     const uint64_t src = reinterpret_cast<uint64_t>(p.req.buf) + p.b_off + start;
     p.piece_host = staging_ + p.stage_off + (src & 15);
     p.piece = len;
-    r.dst = order_->device_address(p.piece_host);
+    r.dst = staging_address(p, p.piece_host);
     r.src = src;
     r.bytes = len;
     __atomic_store_n(&r.desc_gen, gen, __ATOMIC_RELEASE);
+}
+
+// The address the kernel uses for host, in p's staging: its place in the
+// bounce memory, or where it is across the bus.
+uint64_t StreamIo::staging_address(const Pending &p, const char *host) const {
+    return p.bounce ? p.bounce + static_cast<uint64_t>(host - staging_)
+                    : order_->device_address(host);
 }
 
 void StreamIo::release(Pending &p) {

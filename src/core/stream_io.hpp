@@ -18,10 +18,10 @@
 // one record (its words and copy descriptor, shared with the GPU), and
 // queues rounds = ceil(most / round_bytes) (at least 1) rounds on the
 // stream, round k with generation g+k:
-//   read:  write reached=g+k; wait ready>=g+k; copy kernel
+//   read:  write reached=g+k; wait ready>=g+k; [copy in]; copy kernel
 //          ... after the last round: write released=g_last
-//   write: write reached=g+k; wait ready>=g+k; copy kernel; write copied=g+k;
-//          wait done>=g+k
+//   write: write reached=g+k; wait ready>=g+k; copy kernel; [copy out];
+//          write copied=g+k; wait done>=g+k
 // The service thread of the record, when it sees reached (round 0: it reads
 // *size_p, *f_offset_p and *buf_offset_p now, their values at execution
 // time) preads the round's piece into the staging (a read) and fills the
@@ -29,10 +29,15 @@
 // ready. For a write it fills the descriptor at reached, pwrites the staging
 // at copied, stores *bytes_p at the last round, then done. The kernel copies
 // descriptor.bytes (the execution-time size; 0 past the end or after an
-// error) between the staging, which is mapped pinned host memory the GPU
-// reads and writes directly, and the caller's buffer. Rounds of one request
-// reuse its one piece of staging: round k+1 is reached only after round k's
-// kernel has finished (stream order).
+// error) between the caller's buffer and the staging. Rounds of up to 16 KiB
+// use the staging itself, mapped pinned host memory the GPU reads and writes
+// across the bus. Larger ones use its mirror in the GPU's memory (the
+// context's bounce memory, StreamOrder::bounce, the staging's size, made at
+// the context's first request): [copy in] copies the request's piece of
+// staging there in one copy-engine transfer before the kernel, [copy out]
+// back after it. Rounds of one request reuse its one piece of staging:
+// round k+1 is reached only after round k's kernel and copies have finished
+// (stream order).
 //
 // Why this cannot deadlock. (1) Every wait a request queues on stream S is
 // satisfied by a service thread, once S has written the reached (or copied)
@@ -127,6 +132,15 @@ class StreamOrder {
     // Queue on stream: the copy rec's descriptor says, if its desc_gen is
     // gen; max_bytes bounds it (sizes the launch).
     virtual void copy(void *stream, StreamRecord *rec, uint32_t gen, size_t max_bytes) = 0;
+    // The device address of `bytes` of memory of stream's GPU that mirrors
+    // the staging (the same offsets), made the first time stream's context
+    // asks and the same ever after; 0 where there is none. Called after
+    // prepare(stream), before anything is queued.
+    virtual uint64_t bounce(void *stream, size_t bytes) = 0;
+    // Queue on stream: copy n bytes from shared memory src to device
+    // address dst (bounce memory), or back.
+    virtual void to_device(void *stream, uint64_t dst, const void *src, size_t n) = 0;
+    virtual void to_host(void *stream, void *dst, uint64_t src, size_t n) = 0;
 };
 
 // The caller's request: the handle, the buffer and its pointers.
@@ -183,6 +197,7 @@ class StreamIo {
     void fill_read(Pending &p, uint32_t gen);
     void fill_write(Pending &p, uint32_t gen);
     void finish_round(Pending &p);
+    uint64_t staging_address(const Pending &p, const char *host) const;
     void release(Pending &p);
 
     // Staging: first fit over pages of the pool.

@@ -72,7 +72,38 @@ class CudaStreamOrder final : public StreamOrder {
         return reinterpret_cast<uint64_t>(p) + shift_;
     }
 
-    void prepare(void *stream) override { (void)function(context_of(stream)); }
+    void prepare(void *stream) override { (void)context(context_of(stream)); }
+
+    // Made with the context's kernel, at its first request, and kept for
+    // the life of the context (never freed: a cuMemFree could wait for the
+    // GPU while requests are pending). Without the memory (cuMemAlloc
+    // failed), 0: the kernel then reads the staging across the bus.
+    uint64_t bounce(void *stream, size_t bytes) override {
+        const CUcontext ctx = context_of(stream);
+        PerContext &pc = context(ctx);
+        std::lock_guard lock(m_);
+        if (!pc.bounce_tried && drv().cuMemAlloc && drv().cuMemcpyHtoDAsync &&
+            drv().cuMemcpyDtoHAsync) {
+            pc.bounce_tried = true;
+            cuda::ContextScope scope(ctx);
+            CUdeviceptr d = 0;
+            if (drv().cuMemAlloc(&d, bytes) == CUDA_SUCCESS)
+                pc.bounce = d;
+        }
+        return pc.bounce;
+    }
+
+    void to_device(void *stream, uint64_t dst, const void *src, size_t n) override {
+        cuda::ContextScope scope(context_of(stream));
+        cuda::check(drv().cuMemcpyHtoDAsync(dst, src, n, static_cast<CUstream>(stream)),
+                    "cuMemcpyHtoDAsync (stream I/O staging)");
+    }
+
+    void to_host(void *stream, void *dst, uint64_t src, size_t n) override {
+        cuda::ContextScope scope(context_of(stream));
+        cuda::check(drv().cuMemcpyDtoHAsync(dst, src, n, static_cast<CUstream>(stream)),
+                    "cuMemcpyDtoHAsync (stream I/O staging)");
+    }
 
     void write(void *stream, uint32_t *word, uint32_t v) override {
         CUstream s = static_cast<CUstream>(stream);
@@ -91,7 +122,7 @@ class CudaStreamOrder final : public StreamOrder {
 
     void copy(void *stream, StreamRecord *rec, uint32_t gen, size_t max_bytes) override {
         const CUcontext ctx = context_of(stream);
-        CUfunction fn = function(ctx);
+        CUfunction fn = context(ctx).fn;
         cuda::ContextScope scope(ctx);
         CUdeviceptr r = device_address(rec);
         unsigned g = gen;
@@ -118,14 +149,22 @@ class CudaStreamOrder final : public StreamOrder {
         return c;
     }
 
-    // The copy kernel in ctx, loaded the first time: on the thread that
-    // meets ctx first, before its first request queues anything.
-    CUfunction function(CUcontext ctx) {
+    // What a context's requests need: the copy kernel, and the staging's
+    // copy in its memory (bounce()).
+    struct PerContext {
+        CUfunction fn = nullptr;
+        CUdeviceptr bounce = 0;
+        bool bounce_tried = false;
+    };
+
+    // ctx's, its kernel loaded the first time: on the thread that meets ctx
+    // first, before its first request queues anything.
+    PerContext &context(CUcontext ctx) {
         unsigned long long key = reinterpret_cast<uintptr_t>(ctx);
         if (drv().cuCtxGetId) // ids are never reused; context addresses may be
             cuda::check(drv().cuCtxGetId(ctx, &key), "cuCtxGetId");
         std::lock_guard lock(m_);
-        if (auto it = functions_.find(key); it != functions_.end())
+        if (auto it = contexts_.find(key); it != contexts_.end())
             return it->second;
 #ifdef PHXFS_HAVE_STREAM_COPY
         cuda::ContextScope scope(ctx);
@@ -139,8 +178,9 @@ class CudaStreamOrder final : public StreamOrder {
         // come while requests of this context are pending.
         if (drv().cuFuncLoad)
             cuda::check(drv().cuFuncLoad(fn), "cuFuncLoad (phxfs_stream_copy)");
-        functions_.emplace(key, fn); // the module stays for the life of the context
-        return fn;
+        // The module stays for the life of the context; std::map's
+        // elements stay where they are.
+        return contexts_.emplace(key, PerContext{fn}).first->second;
 #else
         fail(ENOTSUP, "stream-ordered I/O needs its copy kernel, and this libphxfs was built "
                       "without nvcc");
@@ -151,8 +191,8 @@ class CudaStreamOrder final : public StreamOrder {
     CUcontext ctx_ = nullptr; // device 0's primary context, which owns the shared memory
     void *shared_ = nullptr;
     CUdeviceptr shift_ = 0; // device address - host address
-    std::mutex m_;          // functions_; held only by enqueuing threads
-    std::map<unsigned long long, CUfunction> functions_;
+    std::mutex m_;          // contexts_; held only by enqueuing threads
+    std::map<unsigned long long, PerContext> contexts_;
 };
 
 } // namespace

@@ -102,7 +102,10 @@ class FakeStream {
 
 class FakeOrder final : public StreamOrder {
   public:
-    ~FakeOrder() override { std::free(mem_); }
+    ~FakeOrder() override {
+        std::free(mem_);
+        std::free(bounce_mem_);
+    }
     void *alloc_shared(size_t bytes) override {
         mem_ = std::aligned_alloc(4096, bytes);
         std::memset(mem_, 0, bytes);
@@ -141,6 +144,28 @@ class FakeOrder final : public StreamOrder {
                          reinterpret_cast<const void *>(rec->src), rec->bytes);
         });
     }
+    // The bounce memory: a second host buffer standing for the GPU's (none
+    // with bounce_off), filled and emptied by to_device/to_host in order.
+    uint64_t bounce(void *, size_t bytes) override {
+        if (bounce_off)
+            return 0;
+        if (!bounce_mem_) {
+            bounce_mem_ = std::aligned_alloc(4096, bytes);
+            std::memset(bounce_mem_, 0xEE, bytes);
+        }
+        ++bounced;
+        return reinterpret_cast<uint64_t>(bounce_mem_);
+    }
+    void to_device(void *stream, uint64_t dst, const void *src, size_t n) override {
+        maybe_fail();
+        s(stream).then([=] { std::memcpy(reinterpret_cast<void *>(dst), src, n); });
+    }
+    void to_host(void *stream, void *dst, uint64_t src, size_t n) override {
+        maybe_fail();
+        s(stream).then([=] { std::memcpy(dst, reinterpret_cast<const void *>(src), n); });
+    }
+    bool bounce_off = false;
+    std::atomic<int> bounced{0};  // requests that took the bounce memory
     std::atomic<int> fail_at{-1}; // the op (counting from 0) that throws EIO
     std::atomic<int> ops{0};
     std::atomic<int> prepared{0};
@@ -152,6 +177,7 @@ class FakeOrder final : public StreamOrder {
             phxfs::core::fail(EIO, "injected queuing failure");
     }
     void *mem_ = nullptr;
+    void *bounce_mem_ = nullptr;
 };
 
 class StreamIoTest : public DeviceTest {
@@ -305,6 +331,49 @@ TEST_F(StreamIoTest, LargeRequestsGoInRoundsThroughOneStaging) {
         std::this_thread::sleep_for(1ms);
     EXPECT_EQ(io.free_records(), 16u);
     EXPECT_EQ(io.free_staging_bytes(), size_t{256} << 10);
+}
+
+// Rounds over 16 KiB go through the GPU's copy of the staging (one copy in
+// before the kernel, one out after it); smaller ones, and every round where
+// the bounce memory could not be made, through the staging itself. The
+// stand-in's bounce memory starts as 0xEE: a kernel that read it before the
+// copy in, or a write whose copy out never ran, moves those bytes.
+TEST_F(StreamIoTest, LargeRoundsGoThroughTheBounceMemory) {
+    for (const bool bounce_off : {false, true}) {
+        StreamIo &io = make(small()); // rounds of 64 KiB
+        order_->bounce_off = bounce_off;
+        FakeStream st;
+        auto buf = host_buffer(1 << 20);
+        ssize_t result = 0;
+        off_t b_off = 5;
+        for (const size_t n : {size_t{4096}, size_t{300000}}) {
+            size_t size = n;
+            off_t f_off = 8191;
+            io.enqueue(
+                {key(), false, reinterpret_cast<char *>(buf.get()), &size, &f_off, &b_off, &result},
+                &st);
+            ASSERT_TRUE(st.sync());
+            ASSERT_EQ(result, static_cast<ssize_t>(n));
+            EXPECT_EQ(first_mismatch(buf.get() + 5, n, 8191), n) << n << " bytes";
+        }
+        EXPECT_EQ(order_->bounced.load(), bounce_off ? 0 : 1) << "only the large read bounces";
+
+        const size_t n = 200000;
+        size_t size = n;
+        off_t w_off = 1 << 20;
+        fill_pattern(buf.get() + 5, n, 0, 3);
+        io.enqueue(
+            {key(), true, reinterpret_cast<char *>(buf.get()), &size, &w_off, &b_off, &result},
+            &st);
+        ASSERT_TRUE(st.sync());
+        ASSERT_EQ(result, static_cast<ssize_t>(n));
+        std::vector<uint8_t> back(n);
+        ASSERT_EQ(::pread(fd_, back.data(), n, w_off), static_cast<ssize_t>(n));
+        EXPECT_EQ(first_mismatch(back.data(), n, 0, 3), n) << "bounce " << !bounce_off;
+        EXPECT_EQ(order_->bounced.load(), bounce_off ? 0 : 2);
+        EXPECT_FALSE(st.stuck());
+        io_.reset();
+    }
 }
 
 TEST_F(StreamIoTest, ReadsAreShortAtEndOfFile) {
