@@ -33,9 +33,9 @@ constexpr auto kMaxNap = std::chrono::microseconds(100);
 constexpr uint64_t kMaxRounds = 65536;
 // Rounds up to this size are copied by the kernel straight from the staging
 // across the bus; larger ones go to the device's bounce memory in one copy
-// first. The kernel's loads of host memory are uncached 16-byte reads: an
-// H100 moved 1 MiB rounds that way at 0.6 GB/s, where cuFile's stream API
-// (a pread and a copy) ran at 2.2.
+// first. The kernel's loads of host memory are uncached 16-byte reads, each
+// a read across the bus (65,536 for a 1 MiB round), where one copy-engine
+// transfer moves the round at the copy limit.
 constexpr size_t kZeroCopyMax = 16 << 10;
 constexpr size_t kPage = 4096;
 

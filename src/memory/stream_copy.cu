@@ -24,15 +24,30 @@ template <typename T> __device__ __forceinline__ T load_fresh(const T *p) {
 // buffer's offset within 16 bytes, so all but at most 15 bytes at each end
 // move as 16-byte words.
 extern "C" __global__ void phxfs_stream_copy(const PhxfsStreamRecord *rec, unsigned gen) {
-    unsigned g;
-    // Acquire at system scope: the host's stores of the descriptor and the
-    // staging before its release of desc_gen are visible to what follows.
-    asm volatile("ld.acquire.sys.u32 %0, [%1];" : "=r"(g) : "l"(&rec->desc_gen) : "memory");
-    if (g != gen)
+    // One thread of each block reads the descriptor, which is in host
+    // memory: every load of it is a read across the bus, and one per thread
+    // (4 x 256 a block) held 1 MiB requests to 0.6 GB/s on an H100.
+    __shared__ unsigned long long desc[3];
+    __shared__ unsigned ok;
+    if (threadIdx.x == 0) {
+        unsigned g;
+        // Acquire at system scope: the host's stores of the descriptor and
+        // the staging before its release of desc_gen are visible to what
+        // follows.
+        asm volatile("ld.acquire.sys.u32 %0, [%1];" : "=r"(g) : "l"(&rec->desc_gen) : "memory");
+        ok = g == gen;
+        if (ok) {
+            desc[0] = load_fresh(&rec->dst);
+            desc[1] = load_fresh(&rec->src);
+            desc[2] = load_fresh(&rec->bytes);
+        }
+    }
+    __syncthreads(); // orders the other threads' loads after thread 0's acquire, block-wide
+    if (!ok)
         return;
-    const unsigned long long dst = load_fresh(&rec->dst);
-    const unsigned long long src = load_fresh(&rec->src);
-    const unsigned long long n = load_fresh(&rec->bytes);
+    const unsigned long long dst = desc[0];
+    const unsigned long long src = desc[1];
+    const unsigned long long n = desc[2];
     char *d = reinterpret_cast<char *>(dst);
     const char *s = reinterpret_cast<const char *>(src);
     const unsigned long long tid =
