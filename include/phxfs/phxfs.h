@@ -319,7 +319,10 @@ int phxfs_batch_destroy(phxfs_batch_t batch);
  * spinning and napping poller, no host callback); that thread reads the
  * file into the staging and stores a word the stream waits for
  * (cuStreamWaitValue32); a copy kernel on the stream then moves the bytes
- * into buf. The library runs no GPU work of its own while requests are
+ * into buf (a request over 16 KiB: from a mirror of the staging in GPU
+ * memory, filled by one copy first; 64 MiB of GPU memory per CUDA context
+ * by default, PHXFS_STREAM_STAGING, made at the context's first such
+ * request and kept for the life of the process). The library runs no GPU work of its own while requests are
  * pending, so nothing it does waits for the stream. Requests over 4 MiB go
  * in rounds of 4 MiB through the same staging, one after another. The
  * handle's device counts each request once, when it completes, on the
@@ -339,8 +342,9 @@ int phxfs_file_write_stream(phxfs_file_t fh, const void *buf,
 
 /**
  * phxfs_stream_register() - prepares stream for stream-ordered I/O now:
- * loads the copy kernel into its context and, the first time in the
- * process, allocates the staging. The first request on a context does this
+ * loads the copy kernel into its context and allocates the context's
+ * mirror of the staging in GPU memory and, the first time in the process,
+ * the staging. The first request on a context does this
  * itself; registering first moves that cost (and the one moment the library
  * loads a module) to a time when no request of this context is pending.
  * Nothing is held per stream, so there is nothing to deregister. flags must

@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/handle.hpp"
 #include "core/request.hpp"
+#include "core/spin.hpp"
 #include "engine/fileio.hpp"
 
 #include <algorithm>
@@ -21,14 +22,16 @@ namespace phxfs::core {
 
 namespace {
 
-// A service thread spins this long after its last progress (a stream that
-// has just passed one request usually reaches the next within
-// microseconds), then naps, longer each time up to kMaxNap, until a request
-// is queued or a stream gets somewhere: a stream held behind long kernels
-// costs little CPU, and a request reached after a nap waits kMaxNap at most.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// A service thread spins for Options::spin after its last progress, then
+// naps, longer each time up to kMaxNap, until a request is queued or a
+// stream gets somewhere: a stream held behind long kernels costs little
+// CPU, and a request reached after a nap waits kMaxNap at most.
 constexpr auto kFirstNap = std::chrono::microseconds(5);
 constexpr auto kMaxNap = std::chrono::microseconds(100);
+// How often a service thread steps every request it holds, not only each
+// stream's oldest (StreamIo::serve); a full pass over the most requests a
+// process may queue (4096) takes a few tens of microseconds.
+constexpr auto kFullPass = std::chrono::microseconds(200);
 // A request's rounds at most: its enqueue queues 3 to 6 stream ops each.
 constexpr uint64_t kMaxRounds = 65536;
 // Rounds up to this size are copied by the kernel straight from the staging
@@ -38,14 +41,6 @@ constexpr uint64_t kMaxRounds = 65536;
 // transfer moves the round at the copy limit.
 constexpr size_t kZeroCopyMax = 16 << 10;
 constexpr size_t kPage = 4096;
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-}
 
 uint32_t load(const uint32_t &w) {
     return __atomic_load_n(&w, __ATOMIC_ACQUIRE);
@@ -145,6 +140,7 @@ StreamIo::~StreamIo() {
 
 void StreamIo::register_stream(void *stream) {
     order_->prepare(stream);
+    (void)order_->bounce(stream, align_down(opt_.staging_bytes, kPage));
 }
 
 bool StreamIo::reserve(size_t bytes, size_t &off) {
@@ -306,16 +302,20 @@ bool StreamIo::step_queue(std::deque<std::unique_ptr<Pending>> &q, bool heads_on
 }
 
 // A stream's requests are queued in the order they were enqueued on it, and
-// only the oldest can be where the stream is (the next one's first op comes
-// after this one's last), so a pass steps each stream's first request: its
-// cost does not grow with the requests queued behind. The key is the
-// stream's handle, which may name several streams (each thread's per-thread
-// default stream, the legacy stream of each context), so before a nap a
-// full pass steps every request: one that waits behind another stream's
-// request under the same key still moves, a nap later at most.
+// as a rule only the oldest can be where the stream is (the next one's first
+// op comes after this one's last), so a pass steps each stream's first
+// request: its cost does not grow with the requests queued behind. Not
+// always: the key is the stream's handle, which may name several streams
+// (each thread's per-thread default stream, the legacy stream of each
+// context), and two threads enqueuing on one stream at once may queue their
+// ops in one order and their requests here in the other. So a full pass
+// steps every request at least every kFullPass, busy or not: a request held
+// behind another under its key still moves, kFullPass (or a nap) later at
+// most, whatever the thread's other streams do.
 void StreamIo::serve(Service &sv) {
     std::list<std::pair<void *, std::deque<std::unique_ptr<Pending>>>> streams;
     auto last_progress = std::chrono::steady_clock::now();
+    auto last_full = last_progress;
     auto nap = std::chrono::duration_cast<std::chrono::nanoseconds>(kFirstNap);
     auto take = [&] {
         for (auto &p : sv.incoming) {
@@ -350,14 +350,16 @@ void StreamIo::serve(Service &sv) {
         }
         auto now = std::chrono::steady_clock::now();
         bool progress = pass(true);
-        if (!progress && !streams.empty() && now - last_progress >= kSpin)
-            progress = pass(false); // before a nap
+        if (!streams.empty() && now - last_full >= kFullPass) {
+            progress |= pass(false);
+            last_full = now;
+        }
         if (progress) {
             last_progress = now;
             nap = kFirstNap;
             continue;
         }
-        if (streams.empty() || now - last_progress < kSpin) {
+        if (streams.empty() || now - last_progress < opt_.spin) {
             cpu_relax();
             continue;
         }

@@ -33,7 +33,10 @@
 // use the staging itself, mapped pinned host memory the GPU reads and writes
 // across the bus. Larger ones use its mirror in the GPU's memory (the
 // context's bounce memory, StreamOrder::bounce, the staging's size, made at
-// the context's first request): [copy in] copies the request's piece of
+// the context's first request of over 16 KiB and kept for the life of the
+// process: 64 MiB of GPU memory a context by default, PHXFS_STREAM_STAGING;
+// where it cannot be made, the context's rounds all use the staging across
+// the bus): [copy in] copies the request's piece of
 // staging there in one copy-engine transfer before the kernel, [copy out]
 // back after it. Rounds of one request reuse its one piece of staging:
 // round k+1 is reached only after round k's kernel and copies have finished
@@ -58,14 +61,15 @@
 // kernel spinning on host memory), which the library cannot see; a caller
 // that knows synchronises a stream and tries again. (4) Enqueue calls CUDA
 // only to queue work (and, the first time it meets a context, to load the
-// kernel) and holds none of the service threads' locks while it does: so
-// even a CUDA call that waits for the GPU (a module load that synchronises
-// the context, a full push buffer) waits only for pending requests that the
+// kernel and allocate the bounce memory) and holds none of the service
+// threads' locks while it does: so even a CUDA call that waits for the GPU
+// (a module load or an allocation that synchronises the context, a full
+// push buffer) waits only for pending requests that the
 // service threads complete without it. The same holds for every other CUDA
 // call of the process (the synchronous API's copies on the library's own
 // streams, a lazily loaded kernel of the caller's): what they wait for
-// completes. What can still hold a request is the caller's own work ahead of it on the
-// stream, as for any work queued there.
+// completes. What can still hold a request is the caller's own work ahead
+// of it on the stream, as for any work queued there.
 //
 // Lifetimes. From enqueue until its stream has passed it (released, or the
 // last done), a request owns its record and staging; the service thread
@@ -81,6 +85,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -161,6 +166,10 @@ class StreamIo {
         size_t staging_bytes = size_t{64} << 20; // shared staging, all requests together
         size_t round_bytes = size_t{4} << 20;    // staging per request at most (a round)
         unsigned threads = 4;                    // service threads
+        // A service thread spins this long after its last progress, then
+        // naps (a stream that has just passed one request usually reaches
+        // the next within microseconds).
+        std::chrono::microseconds spin{50};
     };
 
     // Allocates the shared memory (order->alloc_shared) and starts the
@@ -172,7 +181,7 @@ class StreamIo {
     StreamIo(const StreamIo &) = delete;
     StreamIo &operator=(const StreamIo &) = delete;
 
-    // Prepares stream (StreamOrder::prepare).
+    // Prepares stream (StreamOrder::prepare) and its context's bounce memory.
     void register_stream(void *stream);
     // Queues req on stream. Throws EINVAL (NULL pointer, a most beyond
     // off_t), EBADF (handle not open, or not open for the operation), EAGAIN

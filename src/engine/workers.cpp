@@ -1,5 +1,9 @@
 #include "engine/workers.hpp"
 
+#include "core/spin.hpp"
+
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -44,14 +48,6 @@ void run_task(Task &t) {
 // spinners never take the cores the working threads need.
 std::atomic<unsigned> spinners_now{0};
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-}
-
 } // namespace
 
 WorkerPool::Spin WorkerPool::Spin::from_env() {
@@ -63,7 +59,13 @@ WorkerPool::Spin WorkerPool::Spin::from_env() {
         if (*end == '\0' && v[0] != '-')
             s.us = static_cast<unsigned>(std::min(us, 1000000ul));
     }
-    const unsigned cores = std::thread::hardware_concurrency();
+    // The cores this process may run on (a container's cpuset), not the
+    // machine's.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    const unsigned cores = sched_getaffinity(0, sizeof set, &set) == 0
+                               ? static_cast<unsigned>(CPU_COUNT(&set))
+                               : std::thread::hardware_concurrency();
     s.max_spinners = cores > 3 ? cores / 2 - 1 : 0;
     return s;
 }

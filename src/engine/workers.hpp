@@ -21,7 +21,7 @@ class WorkerPool {
         unsigned us = 0;
         unsigned max_spinners = 0;
         // PHXFS_WORKER_SPIN_US (default 50; 0: never spin), with up to half
-        // the cores less one spinning (none on machines of 3 cores or fewer).
+        // the process's cores less one spinning (none with 3 cores or fewer).
         static Spin from_env();
     };
 

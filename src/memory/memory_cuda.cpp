@@ -2,6 +2,7 @@
 // the virtual memory API, or managed memory); staging is pinned host memory;
 // copies are asynchronous on a stream of the GPU's primary context.
 #include "core/error.hpp"
+#include "core/spin.hpp"
 #include "memory/cuda_driver.hpp"
 #include "memory/cuda_scatter.hpp"
 #include "memory/memory.hpp"
@@ -98,6 +99,8 @@ class CudaStream final : public Stream {
             }
             if (std::chrono::steady_clock::now() >= until)
                 break;
+            for (int i = 0; i < 16; ++i) // a breath between queries of the driver
+                cpu_relax();
         }
         cuda::check(d.cuEventRecord(done_, stream_), "cuEventRecord");
         cuda::check(d.cuEventSynchronize(done_), "cuEventSynchronize");

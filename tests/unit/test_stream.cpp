@@ -102,6 +102,11 @@ class FakeStream {
 
 class FakeOrder final : public StreamOrder {
   public:
+    // A handle that names a different stream on each thread, as CUDA's
+    // per-thread default stream does: the one bound with this_threads_stream.
+    static inline void *const kPerThread = reinterpret_cast<void *>(0x2);
+    static inline thread_local FakeStream *this_threads_stream = nullptr;
+
     ~FakeOrder() override {
         std::free(mem_);
         std::free(bounce_mem_);
@@ -171,7 +176,9 @@ class FakeOrder final : public StreamOrder {
     std::atomic<int> prepared{0};
 
   private:
-    static FakeStream &s(void *stream) { return *static_cast<FakeStream *>(stream); }
+    static FakeStream &s(void *stream) {
+        return stream == kPerThread ? *this_threads_stream : *static_cast<FakeStream *>(stream);
+    }
     void maybe_fail() {
         if (ops++ == fail_at)
             phxfs::core::fail(EIO, "injected queuing failure");
@@ -678,6 +685,60 @@ TEST_F(StreamIoTest, ThreadsAndStreamsAtOnce) {
     std::vector<uint8_t> all(kThreads * kPer * 4096);
     ASSERT_EQ(::pread(fd_, all.data(), all.size(), 0), static_cast<ssize_t>(all.size()));
     EXPECT_EQ(first_mismatch_fast(all.data(), all.size(), 0), all.size());
+}
+
+// Two streams under one handle (each thread's per-thread default stream):
+// the first request under it waits behind a long kernel on its thread's
+// stream, the second's stream is free. The second must still complete while
+// the first waits, even while a third stream on the same service thread
+// keeps making progress (a service thread that stepped only each handle's
+// oldest request, and every request only when idle, held it for as long as
+// the third stream ran).
+TEST_F(StreamIoTest, StreamsSharingAHandleDoNotWaitForEachOther) {
+    StreamIo::Options opt;
+    opt.threads = 1; // every stream on one service thread
+    opt.spin = 20s;  // never idle long enough to nap: only the periodic full pass can step b's
+    StreamIo &io = make(opt);
+    FakeStream a, b, c;
+    auto buf = host_buffer(3 << 20);
+    size_t size = 4096;
+    off_t f_off = 0, b_off_a = 0, b_off_b = 1 << 20, b_off_c = 2 << 20;
+    ssize_t ra = 0, rb = 0;
+    a.gate(); // a long kernel ahead on a's stream
+    FakeOrder::this_threads_stream = &a;
+    io.enqueue({key(), false, reinterpret_cast<char *>(buf.get()), &size, &f_off, &b_off_a, &ra},
+               FakeOrder::kPerThread);
+    std::thread tb([&] {
+        FakeOrder::this_threads_stream = &b;
+        io.enqueue(
+            {key(), false, reinterpret_cast<char *>(buf.get()), &size, &f_off, &b_off_b, &rb},
+            FakeOrder::kPerThread);
+    });
+    tb.join();
+    // Stream c: one request after another, as long as b's has not finished.
+    std::atomic<bool> stop{false};
+    std::thread tc([&] {
+        std::vector<ssize_t> rc(64);
+        for (unsigned i = 0; !stop; i = (i + 1) % 64) {
+            if (err_of([&] {
+                    io.enqueue({key(), false, reinterpret_cast<char *>(buf.get()), &size, &f_off,
+                                &b_off_c, &rc[i]},
+                               &c);
+                }))
+                c.sync(); // all records in use
+        }
+        c.sync();
+    });
+    const bool b_done = b.sync();
+    stop = true;
+    tc.join();
+    EXPECT_TRUE(b_done && !b.stuck()) << "the second stream's request never completed";
+    EXPECT_EQ(rb, 4096);
+    EXPECT_EQ(ra, 0) << "the first ran before its stream got there";
+    a.open();
+    ASSERT_TRUE(a.sync());
+    EXPECT_EQ(ra, 4096);
+    EXPECT_FALSE(a.stuck());
 }
 
 TEST_F(StreamIoTest, AQueuingFailurePartWayLeavesTheStreamGoing) {
