@@ -358,11 +358,12 @@ LOADERS: Dict[str, Callable[..., Any]] = {
 FIRST: Dict[str, Callable[..., None]] = {"phxfs": first_phxfs, "safetensors": first_safetensors}
 
 
-def copy_limit(nbytes: int, reps: int = 5) -> float:
-    """Pinned host-to-device copy rate, GB/s (best of reps, 1 GiB copies)."""
+def copy_limit(nbytes: int, reps: int = 5, device: str = "cuda") -> float:
+    """Pinned host-to-device copy rate into device (the current one: run it
+    within ``torch.cuda.device``), GB/s (best of reps, 1 GiB copies)."""
     n = min(nbytes, 1 << 30)
     src = torch.empty(n, dtype=torch.uint8, pin_memory=True)
-    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty(n, dtype=torch.uint8, device=device)
     dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize()
     best = 0.0
