@@ -50,6 +50,33 @@ import safetensors_load as sl  # noqa: E402  (the checkpoint and the copy limit)
 GB = 1e9
 
 
+def together(n: int, work: Callable[[int], None]) -> float:
+    """Runs work(0) .. work(n - 1) on n threads started together; returns
+    the seconds until the last is done, or raises the first one's error."""
+    start = threading.Barrier(n + 1)
+    errors: List[Optional[BaseException]] = [None] * n
+
+    def run(g: int) -> None:
+        try:
+            start.wait()
+            work(g)
+        except BaseException as e:  # raised after the join
+            errors[g] = e
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - t0
+    for e in errors:
+        if e is not None:
+            raise e
+    return secs
+
+
 def read_into_gpus(files: List[Path], n: int, cuda: bool) -> float:
     """Reads files[i] into device i mod n, all at once; GB/s of all."""
     import phxfs
@@ -61,29 +88,13 @@ def read_into_gpus(files: List[Path], n: int, cuda: bool) -> float:
         size = max((f.stat().st_size for f in share), default=0)
         dev = f"cuda:{g}" if cuda else "cpu"
         bufs.append(torch.empty(size, dtype=torch.uint8, device=dev))
-    start = threading.Barrier(n + 1)
-    done: List[Optional[BaseException]] = [None] * n
 
     def work(g: int) -> None:
-        try:
-            start.wait()
-            for f in shares[g]:
-                with phxfs.File(f, device=g) as fh:
-                    fh.read_into(bufs[g], size=f.stat().st_size)
-        except BaseException as e:  # reported after the join
-            done[g] = e
+        for f in shares[g]:
+            with phxfs.File(f, device=g) as fh:
+                fh.read_into(bufs[g], size=f.stat().st_size)
 
-    threads = [threading.Thread(target=work, args=(g,)) for g in range(n)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    secs = time.perf_counter() - t0
-    for e in done:
-        if e is not None:
-            raise e
+    secs = together(n, work)
     return sum(f.stat().st_size for f in files) / secs / GB
 
 
@@ -94,24 +105,16 @@ def copy_limits_together(n: int, nbytes: int) -> float:
     size = min(nbytes, 1 << 30)
     pairs = [(torch.empty(size, dtype=torch.uint8, pin_memory=True),
               torch.empty(size, dtype=torch.uint8, device=f"cuda:{g}")) for g in range(n)]
-    start = threading.Barrier(n + 1)
 
     def work(g: int) -> None:
         src, dst = pairs[g]
         with torch.cuda.device(g):
-            start.wait()
             for _ in range(4):
                 dst.copy_(src, non_blocking=True)
             torch.cuda.synchronize(g)
 
-    threads = [threading.Thread(target=work, args=(g,)) for g in range(n)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return 4 * size * n / (time.perf_counter() - t0) / GB
+    secs = together(n, work)
+    return 4 * size * n / secs / GB
 
 
 # --------------------------------------------------------------------------
