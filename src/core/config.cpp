@@ -67,6 +67,8 @@ void validate(const Config &c) {
         fail(EINVAL, "staging memory must hold at least two chunks");
     if (c.uring_depth > kMaxUringDepth)
         fail(EINVAL, "io_uring depth must be within 0.." + std::to_string(kMaxUringDepth));
+    if (c.worker_spin_us > kMaxWorkerSpinUs)
+        fail(EINVAL, "PHXFS_WORKER_SPIN_US must be within 0.." + std::to_string(kMaxWorkerSpinUs));
 }
 
 void load_locked() {
@@ -88,6 +90,8 @@ Config config_from_env() {
     c.trace = trace::from_env();
     c.uring_depth = static_cast<unsigned>(
         std::min<unsigned long long>(env_number("PHXFS_URING_DEPTH", c.uring_depth), UINT_MAX));
+    c.worker_spin_us = static_cast<unsigned>(std::min<unsigned long long>(
+        env_number("PHXFS_WORKER_SPIN_US", c.worker_spin_us), UINT_MAX));
     if (c.staging_bytes == 0) // two chunks per worker by default
         c.staging_bytes = 2 * c.chunk_bytes * c.threads;
     validate(c);

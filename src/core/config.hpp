@@ -17,11 +17,15 @@ struct Config {
     // Small direct requests of a group in flight at once on a thread's
     // io_uring ring (engine/uring.hpp); 0: no io_uring, each runs alone.
     unsigned uring_depth = 128;
+    // Idle pool workers spin this long for the next body before they sleep
+    // (engine/workers.hpp; read when a pool is made); 0: never.
+    unsigned worker_spin_us = 50;
 };
 
 inline constexpr size_t kAlign = 4096; // O_DIRECT alignment we always honour
 inline constexpr unsigned kMaxThreads = 256;
 inline constexpr unsigned kMaxUringDepth = 4096;
+inline constexpr unsigned kMaxWorkerSpinUs = 1000000;
 
 // The current configuration (a consistent snapshot).
 Config config();

@@ -1,5 +1,6 @@
 #include "engine/workers.hpp"
 
+#include "core/config.hpp"
 #include "core/spin.hpp"
 
 #include <sched.h>
@@ -8,11 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <thread>
 
 namespace phxfs::core {
@@ -50,15 +49,9 @@ std::atomic<unsigned> spinners_now{0};
 
 } // namespace
 
-WorkerPool::Spin WorkerPool::Spin::from_env() {
+WorkerPool::Spin WorkerPool::Spin::configured() {
     Spin s;
-    s.us = 50;
-    if (const char *v = std::getenv("PHXFS_WORKER_SPIN_US"); v && *v) {
-        char *end = nullptr;
-        const unsigned long us = std::strtoul(v, &end, 10);
-        if (*end == '\0' && v[0] != '-')
-            s.us = static_cast<unsigned>(std::min(us, 1000000ul));
-    }
+    s.us = config().worker_spin_us;
     // The cores this process may run on (a container's cpuset), not the
     // machine's.
     cpu_set_t set;

@@ -20,12 +20,13 @@ class WorkerPool {
     struct Spin {
         unsigned us = 0;
         unsigned max_spinners = 0;
-        // PHXFS_WORKER_SPIN_US (default 50; 0: never spin), with up to half
-        // the process's cores less one spinning (none with 3 cores or fewer).
-        static Spin from_env();
+        // The configuration's (PHXFS_WORKER_SPIN_US, default 50; 0: never
+        // spin), with up to half the process's cores less one spinning (none
+        // with 3 cores or fewer).
+        static Spin configured();
     };
 
-    explicit WorkerPool(Spin spin = Spin::from_env());
+    explicit WorkerPool(Spin spin = Spin::configured());
     // Idle workers leave; a worker running a body finishes it first (no
     // run() can be in progress: its caller holds the pool).
     ~WorkerPool();

@@ -72,4 +72,16 @@ TEST(Env, UringDepth) {
     }
 }
 
+TEST(Env, WorkerSpin) {
+    EXPECT_EQ(phxfs::core::config_from_env().worker_spin_us, 50u);
+    for (const char *n : {"0", "200", "1000000"}) {
+        EnvVar d("PHXFS_WORKER_SPIN_US", n);
+        EXPECT_EQ(phxfs::core::config_from_env().worker_spin_us, std::strtoul(n, nullptr, 10));
+    }
+    for (const char *bad : {"1000001", "long", "-5", "99999999999"}) {
+        EnvVar d("PHXFS_WORKER_SPIN_US", bad);
+        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << bad;
+    }
+}
+
 } // namespace
