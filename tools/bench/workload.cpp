@@ -227,10 +227,7 @@ void worker(Shared &s, unsigned t, ThreadResult &r) {
             }
         }
         if (cf && buf->on_gpu()) {
-            const auto e = cf->cuFileBufRegister(buf->data(), buf->size(), 0);
-            if (e.err != phxcufile::CU_FILE_SUCCESS)
-                throw std::runtime_error("cuFileBufRegister of " + std::to_string(buf->size()) +
-                                         " bytes: " + phxcufile::error_text(e));
+            phxcufile::buf_register(*cf, buf->data(), buf->size());
             cf_registered = true;
         }
         if (write && !o.verify) { // some content; --verify writes the pattern per request
