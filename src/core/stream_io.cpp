@@ -108,7 +108,7 @@ StreamIo::StreamIo(std::unique_ptr<StreamOrder> order, const Options &opt)
         opt_.staging_bytes < align_up(opt_.round_bytes + 16, kPage))
         fail(EINVAL, "stream I/O: the staging must hold one round (" +
                          std::to_string(align_up(opt_.round_bytes + 16, kPage)) + " bytes)");
-    const size_t staging = align_down(opt_.staging_bytes, kPage);
+    const size_t staging = staging_size();
     const size_t words = align_up(size_t{opt_.records} * sizeof(StreamRecord), kPage);
     auto *p = static_cast<char *>(order_->alloc_shared(words + staging));
     records_ = reinterpret_cast<StreamRecord *>(p);
@@ -138,9 +138,14 @@ StreamIo::~StreamIo() {
         sv->thread.join();
 }
 
+// The staging's bytes: the configured size in whole pages.
+size_t StreamIo::staging_size() const {
+    return align_down(opt_.staging_bytes, kPage);
+}
+
 void StreamIo::register_stream(void *stream) {
     order_->prepare(stream);
-    (void)order_->bounce(stream, align_down(opt_.staging_bytes, kPage));
+    (void)order_->bounce(stream, staging_size());
 }
 
 bool StreamIo::reserve(size_t bytes, size_t &off) {
@@ -214,7 +219,7 @@ void StreamIo::enqueue(const StreamRequest &req, void *stream) {
 
     order_->prepare(stream); // all that touches the GPU, before anything is queued
     if (p->round_cap > kZeroCopyMax)
-        p->bounce = order_->bounce(stream, align_down(opt_.staging_bytes, kPage));
+        p->bounce = order_->bounce(stream, staging_size());
 
     {
         std::lock_guard lock(m_);

@@ -33,10 +33,10 @@
 // use the staging itself, mapped pinned host memory the GPU reads and writes
 // across the bus. Larger ones use its mirror in the GPU's memory (the
 // context's bounce memory, StreamOrder::bounce, the staging's size, made at
-// the context's first request of over 16 KiB and kept for the life of the
-// process: 64 MiB of GPU memory a context by default, PHXFS_STREAM_STAGING;
-// where it cannot be made, the context's rounds all use the staging across
-// the bus): [copy in] copies the request's piece of
+// the context's first request of over 16 KiB or at register_stream and kept
+// for the life of the process: 64 MiB of GPU memory a context by default,
+// PHXFS_STREAM_STAGING; where it cannot be made, the context's rounds all
+// use the staging across the bus): [copy in] copies the request's piece of
 // staging there in one copy-engine transfer before the kernel, [copy out]
 // back after it. Rounds of one request reuse its one piece of staging:
 // round k+1 is reached only after round k's kernel and copies have finished
@@ -64,8 +64,8 @@
 // kernel and allocate the bounce memory) and holds none of the service
 // threads' locks while it does: so even a CUDA call that waits for the GPU
 // (a module load or an allocation that synchronises the context, a full
-// push buffer) waits only for pending requests that the
-// service threads complete without it. The same holds for every other CUDA
+// push buffer) waits only for pending requests that the service threads
+// complete without it. The same holds for every other CUDA
 // call of the process (the synchronous API's copies on the library's own
 // streams, a lazily loaded kernel of the caller's): what they wait for
 // completes. What can still hold a request is the caller's own work ahead
@@ -207,6 +207,7 @@ class StreamIo {
     void fill_write(Pending &p, uint32_t gen);
     void finish_round(Pending &p);
     uint64_t staging_address(const Pending &p, const char *host) const;
+    size_t staging_size() const;
     void release(Pending &p);
 
     // Staging: first fit over pages of the pool.

@@ -74,10 +74,10 @@ class CudaStreamOrder final : public StreamOrder {
 
     void prepare(void *stream) override { (void)context(context_of(stream)); }
 
-    // Made with the context's kernel, at its first request, and kept for
-    // the life of the context (never freed: a cuMemFree could wait for the
-    // GPU while requests are pending). Without the memory (cuMemAlloc
-    // failed), 0: the kernel then reads the staging across the bus.
+    // Made at the context's first request of over 16 KiB (or its stream's
+    // registration), and kept for the life of the context (never freed: a cuMemFree could wait for
+    // the GPU while requests are pending). Without the memory (cuMemAlloc failed), 0: the kernel
+    // then reads the staging across the bus.
     uint64_t bounce(void *stream, size_t bytes) override {
         const CUcontext ctx = context_of(stream);
         PerContext &pc = context(ctx);

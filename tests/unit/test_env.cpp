@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <initializer_list>
 
 namespace {
 
@@ -58,30 +59,34 @@ TEST(Env, BadNumbers) {
     EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error);
 }
 
-// The io_uring depth of a group's direct requests: 128 unset, 0 turns
-// io_uring off, more than 4096 or not a number is refused.
-TEST(Env, UringDepth) {
-    EXPECT_EQ(phxfs::core::config_from_env().uring_depth, 128u);
-    for (const char *n : {"0", "64", "4096"}) {
-        EnvVar d("PHXFS_URING_DEPTH", n);
-        EXPECT_EQ(phxfs::core::config_from_env().uring_depth, std::strtoul(n, nullptr, 10));
+// A numeric setting of the environment: def when unset, each of goods taken
+// as it is, each of bads refused.
+void expect_number_setting(const char *var, unsigned phxfs::core::Config::*field, unsigned def,
+                           std::initializer_list<const char *> goods,
+                           std::initializer_list<const char *> bads) {
+    EXPECT_EQ(phxfs::core::config_from_env().*field, def) << var;
+    for (const char *n : goods) {
+        EnvVar d(var, n);
+        EXPECT_EQ(phxfs::core::config_from_env().*field, std::strtoul(n, nullptr, 10)) << var;
     }
-    for (const char *bad : {"4097", "many", "-1", "99999999999"}) {
-        EnvVar d("PHXFS_URING_DEPTH", bad);
-        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << bad;
+    for (const char *bad : bads) {
+        EnvVar d(var, bad);
+        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << var << "=" << bad;
     }
 }
 
+// The io_uring depth of a group's direct requests: 128 unset, 0 turns
+// io_uring off, more than 4096 or not a number is refused.
+TEST(Env, UringDepth) {
+    expect_number_setting("PHXFS_URING_DEPTH", &phxfs::core::Config::uring_depth, 128,
+                          {"0", "64", "4096"}, {"4097", "many", "-1", "99999999999"});
+}
+
+// Idle workers' spin: 50 us unset, 0 turns it off, more than a second or not
+// a number is refused.
 TEST(Env, WorkerSpin) {
-    EXPECT_EQ(phxfs::core::config_from_env().worker_spin_us, 50u);
-    for (const char *n : {"0", "200", "1000000"}) {
-        EnvVar d("PHXFS_WORKER_SPIN_US", n);
-        EXPECT_EQ(phxfs::core::config_from_env().worker_spin_us, std::strtoul(n, nullptr, 10));
-    }
-    for (const char *bad : {"1000001", "long", "-5", "99999999999"}) {
-        EnvVar d("PHXFS_WORKER_SPIN_US", bad);
-        EXPECT_THROW(phxfs::core::config_from_env(), phxfs::core::Error) << bad;
-    }
+    expect_number_setting("PHXFS_WORKER_SPIN_US", &phxfs::core::Config::worker_spin_us, 50,
+                          {"0", "200", "1000000"}, {"1000001", "long", "-5", "99999999999"});
 }
 
 } // namespace
