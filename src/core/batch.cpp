@@ -200,12 +200,20 @@ void Batch::run_group_locked(std::unique_lock<std::mutex> &lock, std::vector<uin
 
 void Batch::run(const std::vector<uint32_t> &taken, std::vector<GroupRequest> &group) {
     group.clear();
+    // Requests on the handle of the one before take theirs from it: a
+    // batch's requests are mostly on one file.
+    const FileHandle::Use *prev = nullptr;
+    phxfs_file_t prev_fh = nullptr;
     for (uint32_t s : taken) {
         Slot &slot = slots_[s];
         GroupRequest &g = group.emplace_back();
         try {
             check_request(slot.io);
-            slot.handle = handles().use(reinterpret_cast<uintptr_t>(slot.io.fh));
+            slot.handle = prev && slot.io.fh == prev_fh
+                              ? prev->another()
+                              : handles().use(reinterpret_cast<uintptr_t>(slot.io.fh));
+            prev = &slot.handle;
+            prev_fh = slot.io.fh;
             g.write = slot.io.op == PHXFS_OP_WRITE;
             g.file = &slot.handle->file();
             g.base = static_cast<char *>(slot.io.buf);

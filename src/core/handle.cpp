@@ -10,8 +10,8 @@
 namespace phxfs::core {
 
 FileHandle::Use::Use(std::shared_ptr<FileHandle> h) : h_(std::move(h)) {
-    std::lock_guard lock(h_->m_);
-    ++h_->uses_;
+    if (h_)
+        h_->uses_.fetch_add(1);
 }
 
 FileHandle::Use &FileHandle::Use::operator=(Use &&o) noexcept {
@@ -25,11 +25,8 @@ FileHandle::Use &FileHandle::Use::operator=(Use &&o) noexcept {
 void FileHandle::Use::release() {
     if (!h_)
         return;
-    {
-        std::lock_guard lock(h_->m_);
-        --h_->uses_;
-    }
-    h_->cv_.notify_all();
+    if (h_->uses_.fetch_sub(1) == 1)
+        h_->uses_.notify_all();
     h_.reset();
 }
 
@@ -81,8 +78,8 @@ void HandleTable::close(uintptr_t key) {
         h = std::move(it->second);
         the_table->open.erase(it);
     }
-    std::unique_lock lock(h->m_);
-    h->cv_.wait(lock, [&] { return h->uses_ == 0; });
+    for (unsigned u; (u = h->uses_.load()) != 0;)
+        h->uses_.wait(u);
 }
 
 HandleTable &handles() {

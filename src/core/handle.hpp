@@ -12,10 +12,9 @@
 
 #include "engine/fileio.hpp"
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 
 namespace phxfs::core {
 
@@ -39,6 +38,9 @@ class FileHandle {
         Use(const Use &) = delete;
         Use &operator=(const Use &) = delete;
         ~Use() { release(); }
+        // Another hold on the same handle (a batch's requests on one file
+        // take theirs without looking the handle up again).
+        Use another() const { return Use(h_); }
         FileHandle *operator->() const { return h_.get(); }
         FileHandle &operator*() const { return *h_; }
         explicit operator bool() const { return h_ != nullptr; }
@@ -52,9 +54,7 @@ class FileHandle {
     friend class HandleTable;
     const int device_id_;
     File file_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    unsigned uses_ = 0;
+    std::atomic<unsigned> uses_{0}; // waited on by close()
 };
 
 // The process's open handles, by key (the C API's opaque phxfs_file_t).

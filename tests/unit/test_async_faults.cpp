@@ -71,6 +71,31 @@ TEST_F(AsyncFaults, CloseWaitsForRunningRequests) {
     phxfs_future_free(f);
 }
 
+// The same for a batch's requests, which take their holds on a handle from
+// the request before them on it.
+TEST_F(AsyncFaults, CloseWaitsForABatchsRequests) {
+    delay_next_pread(300);
+    constexpr uint64_t kLen = 4096;
+    auto buf = host_buffer(8 * kLen);
+    std::vector<phxfs_io> ios;
+    for (uintptr_t i = 0; i < 8; ++i)
+        ios.push_back({fh_, PHXFS_OP_READ, 0, buf.get(), i * kLen, kLen, i * kLen,
+                       reinterpret_cast<void *>(i)});
+    phxfs::Batch b(8);
+    b.submit(ios.data(), 8);
+    for (auto t0 = Clock::now(); fault::hits(Site::pread) == 0 && Clock::now() - t0 < 5s;)
+        std::this_thread::sleep_for(1ms);
+    ASSERT_GE(fault::hits(Site::pread), 1u);
+    ASSERT_EQ(phxfs_file_close(fh_), 0);
+    fh_ = nullptr;
+    phxfs_completion cs[8];
+    ASSERT_EQ(b.reap(cs, 0, 8, std::chrono::nanoseconds(0)), 8u)
+        << "close returned before every request of the batch completed";
+    for (const phxfs_completion &c : cs)
+        EXPECT_EQ(c.result, static_cast<int64_t>(kLen)) << c.error;
+    EXPECT_EQ(first_mismatch(buf.get(), 8 * kLen, 0), 8 * kLen);
+}
+
 // Cancel takes what has not started; the started request completes whole.
 TEST_F(AsyncFaults, CancelLeavesTheStartedRequestAlone) {
     delay_next_pread(300);
