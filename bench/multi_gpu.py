@@ -136,6 +136,9 @@ def load_fastsafetensors_tp(index: Path, files: List[Path], device: str) -> Dict
     from phxfs.safetensors import LLAMA_TP_PLAN
 
     world = dist.get_world_size()
+    # Buffered reads, as phxfs's from the page cache (its default here is
+    # O_DIRECT, which a cached checkpoint would read at the disk's speed).
+    os.environ["FASTSAFETENSORS_ODIRECT"] = "0"
     loader = SafeTensorsFileLoader(dist.group.WORLD, device=device, nogds=True)
     try:
         loader.add_filenames({r: [str(f) for f in files[r::world]] for r in range(world)})
