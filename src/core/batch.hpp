@@ -6,7 +6,9 @@
 // executor runs it, waits in the done ring and frees its slot when reaped.
 // Nothing is allocated per request. A running request holds its handle (a
 // Use), so closing a handle waits for its running requests, not for their
-// reaping; one not started by then fails with EBADF.
+// reaping; one not started by then fails with EBADF, unless the request
+// before it in its group is on the same handle and took its hold (it takes
+// its own from that one, and close waits for it too).
 #pragma once
 
 #include "core/handle.hpp"

@@ -27,6 +27,7 @@ enum class Site : unsigned {
     uring_enter,   // io_uring_enter submitting and waiting: fails with err
     uring_wait,    // the same, failing with err once what was queued is submitted
     uring_cqe,     // an io_uring completion: its result becomes -err, or at most max_bytes
+    handle_use,    // a call's hold on its file handle, taken: delay_ms before the call goes on
     count,
 };
 

@@ -2,6 +2,7 @@
 
 #include "core/device.hpp"
 #include "core/error.hpp"
+#include "core/fault.hpp"
 #include "core/fork.hpp"
 
 #include <atomic>
@@ -57,15 +58,20 @@ uintptr_t HandleTable::open(int device_id, int fd) {
 }
 
 FileHandle::Use HandleTable::use(uintptr_t key) {
-    std::shared_ptr<FileHandle> h;
+    FileHandle::Use u;
     {
         std::lock_guard lock(the_table->m);
         auto it = the_table->open.find(key);
         if (it == the_table->open.end())
             fail(EBADF, "not an open file handle (closed already, or never opened)");
-        h = it->second;
+        // Counted before the lock goes: a close() that takes the handle out
+        // after this finds the hold and waits for it. (Counted after, a
+        // close could return in between, and the call go on with an fd the
+        // caller has closed and perhaps reused.)
+        u = FileHandle::Use(it->second);
     }
-    return FileHandle::Use(std::move(h));
+    fault::at(fault::Site::handle_use); // tests: a call held between its lookup and its I/O
+    return u;
 }
 
 void HandleTable::close(uintptr_t key) {

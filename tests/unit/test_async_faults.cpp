@@ -6,6 +6,7 @@
 
 #include <phxfs/phxfs.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -69,6 +70,28 @@ TEST_F(AsyncFaults, CloseWaitsForRunningRequests) {
     EXPECT_EQ(phxfs_future_poll(f), 1) << "close returned before the request completed";
     EXPECT_EQ(phxfs_future_wait(f, 0), 4096) << phxfs_last_error();
     phxfs_future_free(f);
+}
+
+// A call holds its handle from the moment it finds it in the table: a close
+// that comes after the lookup, before the call's I/O, waits for the call.
+TEST_F(AsyncFaults, CloseWaitsForACallThatHasFoundItsHandle) {
+    fault::arm(Site::handle_use, {.delay_ms = 300}, 0, 1);
+    auto buf = host_buffer(4096);
+    std::atomic<bool> returned{false};
+    ssize_t got = -2;
+    std::thread reader([&] {
+        got = phxfs_file_read(fh_, buf.get(), 0, 4096, 0);
+        returned = true;
+    });
+    for (auto t0 = Clock::now(); fault::hits(Site::handle_use) == 0 && Clock::now() - t0 < 5s;)
+        std::this_thread::sleep_for(1ms); // until the call has found its handle
+    ASSERT_EQ(fault::hits(Site::handle_use), 1u);
+    ASSERT_EQ(phxfs_file_close(fh_), 0);
+    fh_ = nullptr;
+    EXPECT_TRUE(returned) << "close returned while a call that had found the handle had yet to run";
+    reader.join();
+    EXPECT_EQ(got, 4096) << phxfs_last_error();
+    EXPECT_EQ(first_mismatch(buf.get(), 4096, 0), 4096u);
 }
 
 // The same for a batch's requests, which take their holds on a handle from
