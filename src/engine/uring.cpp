@@ -63,8 +63,12 @@ class Ring {
     // queued again (its rest then fails), else 0.
     unsigned reap(Piece *pieces, int broken);
     // After io_uring_enter failed with err for good: pieces [0, next) were
-    // queued, the rest never were. Closes the ring.
+    // queued, the rest never were. Waits for what the kernel took (drain),
+    // then closes the ring.
     void broke(Piece *pieces, size_t n, size_t next, int err);
+    // Waits, submitting nothing, until the pieces of [0, next) the kernel
+    // took have completed, or waiting fails.
+    void drain(Piece *pieces, size_t next, int err);
 
     io_uring ring_{};
     pid_t pid_ = 0; // the process that made it; 0: no ring
@@ -185,6 +189,16 @@ void Ring::broke(Piece *pieces, size_t n, size_t next, int err) {
         p.outcome = Piece::Outcome::failed;
         p.err = err;
     }
+    // EBADF or EOPNOTSUPP: the descriptor is no longer this ring's (closed
+    // under us, say by a program closing every descriptor; its number may
+    // be another file's by now), so it is neither ours to wait on nor to
+    // close. The ring's memory still is.
+    if (err == EBADF || err == EOPNOTSUPP)
+        ring_.ring_fd = -1;
+    else
+        drain(pieces, next, err);
+    // What is still in flight (the ring could not be waited on) may land
+    // after its caller was told: in doubt.
     for (size_t i = 0; i < n; ++i) {
         Piece &p = pieces[i];
         if (p.outcome != Piece::Outcome::not_run)
@@ -192,13 +206,29 @@ void Ring::broke(Piece *pieces, size_t n, size_t next, int err) {
         p.outcome = i < next ? Piece::Outcome::in_doubt : Piece::Outcome::failed;
         p.err = err;
     }
-    // EBADF or EOPNOTSUPP: the descriptor is no longer this ring's (closed
-    // under us, say by a program closing every descriptor; its number may
-    // be another file's by now), so it is not ours to close. The ring's
-    // memory still is.
-    if (err == EBADF || err == EOPNOTSUPP)
-        ring_.ring_fd = -1;
-    close(); // the kernel finishes what it has in the background
+    close();
+}
+
+// Closing the ring would not stop what the kernel took: the kernel would
+// finish it in the background, after its caller had been told it failed and
+// had perhaps deregistered the memory or closed the file. So the transfers
+// are waited for first. They are O_DIRECT transfers of files and block
+// devices, which complete. Nothing more is submitted: what was queued and
+// not taken stays untaken (io_uring_wait_cqe enters the kernel to wait
+// only).
+void Ring::drain(Piece *pieces, size_t next, int err) {
+    size_t flying = 0;
+    for (size_t i = 0; i < next; ++i)
+        flying += pieces[i].outcome == Piece::Outcome::not_run ? 1 : 0;
+    while (flying) {
+        io_uring_cqe *cqe = nullptr;
+        const int r = io_uring_wait_cqe(&ring_, &cqe);
+        if (r == -EINTR)
+            continue;
+        if (r < 0)
+            return; // what is left is in doubt
+        flying -= std::min<size_t>(flying, reap(pieces, err));
+    }
 }
 
 void Ring::run(Piece *pieces, size_t n) {

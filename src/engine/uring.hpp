@@ -48,8 +48,11 @@ struct Piece {
 // fails the piece alone. Returns false, touching nothing, where there is no
 // ring (io_uring off, not built in, or refused); else every piece is done,
 // failed or in doubt. A ring that breaks (io_uring_enter failing for good)
-// is drained of the completions it has, then closed: what it had not taken
-// fails, what it had taken is in doubt; the next call makes a new ring.
+// waits for what the kernel took, then closes: what it had not taken fails,
+// what it had taken completes (done, or failed as any piece). In doubt
+// (still in flight, may land later) is only what could not be waited for:
+// the ring's descriptor closed under it, or waiting failing too. The next
+// call makes a new ring.
 bool run(Piece *pieces, size_t n);
 
 // Whether run() can use a ring on this thread now (makes it if need be).
